@@ -94,6 +94,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequences", type=_positive_int, default=64)
     p.add_argument("--seq-len", type=_positive_int, default=64)
     p.add_argument("--seed", type=_nonneg_int, default=0)
+
+    # ---- simulator: simulate, serve-sim ----
+    # (subcommands of this area go here)
+    # ---- end simulator ----
+
+    # ---- planner (placement): plan, plan show ----
+    # (subcommands of this area go here)
+    # ---- end planner (placement) ----
+
+    # ---- planner (draft trees): tree ----
+    # (subcommands of this area go here)
+    # ---- end planner (draft trees) ----
+
+    # ---- runtime: calibrate, validate ----
+    # (subcommands of this area go here)
+    # ---- end runtime ----
+
+    # ---- runtime (speculative decoding): generate ----
+    # (subcommands of this area go here)
+    # ---- end runtime (speculative decoding) ----
+
+    # ---- what-if: whatif ----
+    # (subcommands of this area go here)
+    # ---- end what-if ----
     return ap
 
 
