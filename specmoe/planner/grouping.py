@@ -182,3 +182,50 @@ def remote_copies(X: sp.csr_matrix, e2r: np.ndarray, home: np.ndarray | None, ep
     if home is None:
         return float(C.sum())
     return float(C.sum() - C[np.arange(len(home)), home].sum())
+
+
+def greedy_layer(W: np.ndarray, prev_aff: np.ndarray | None, weight: np.ndarray,
+                 cap: np.ndarray, bound: float) -> np.ndarray:
+    """Greedy affinity packing (the comparison heuristic): experts by decreasing load, each
+    to the rank with room and load under the bound that it is most attached to.
+
+    W `[E, E]` co-activation; prev_aff `[E, ep]` tokens flowing from rank g's layer l-1
+    experts to e (or None); weight `[E]`; cap `[ep]` experts per rank. Returns e2r `[E]`."""
+    E, ep = len(W), len(cap)
+    limit = bound * weight.sum() / ep
+    e2r = np.full(E, -1, np.int64)
+    load = np.zeros(ep)
+    onehot = np.zeros((E, ep))
+    for e in np.argsort(-weight, kind="stable"):
+        room = np.bincount(e2r[e2r >= 0], minlength=ep) < cap
+        aff = W[e] @ onehot + (0.0 if prev_aff is None else prev_aff[e])
+        fits = room & (load + weight[e] <= limit)
+        pick = np.where(fits if fits.any() else room, aff - 1e-9 * load, -np.inf)
+        g = int(np.argmax(pick))
+        e2r[e], load[g], onehot[e, g] = g, load[g] + weight[e], 1.0
+    return e2r
+
+
+def add_replicas(e2r: np.ndarray, W: np.ndarray, weight: np.ndarray, num_redundant: int,
+                 ep: int) -> list[list[int]]:
+    """Which experts get the redundant slots, and where (one layer).
+
+    The experts to replicate are EPLB's (highest load per replica first); each replica goes
+    to the rank with a free slot, not yet holding it, whose experts co-activate with it most
+    (tokens there then find it locally). Returns extra[g]: logical ids added to rank g."""
+    from specmoe.planner.eplb import replicate
+    E = len(e2r)
+    per_rank = (E + num_redundant) // ep
+    free = per_rank - np.bincount(e2r, minlength=ep)
+    phy, _ = replicate(weight, E + num_redundant)
+    extra: list[list[int]] = [[] for _ in range(ep)]
+    onehot = np.eye(ep)[e2r]  # [E, ep]
+    for e in phy[E:]:
+        aff = W[e] @ onehot
+        ok = (free > 0) & (onehot[e] == 0)
+        ok = ok if ok.any() else free > 0
+        g = int(np.argmax(np.where(ok, aff, -np.inf)))
+        extra[g].append(int(e))
+        free[g] -= 1
+        onehot[e, g] = 1.0
+    return extra

@@ -4,9 +4,9 @@ Conventions (COMMON.md): physical expert p lives on EP rank `p // (num_physical 
 is dispatched from its source GPU `token2gpu`; as in DeepEP, one copy of the token goes to each
 distinct remote rank that holds one of its experts, whatever the number of experts there.
 A logical expert with several replicas serves a token on the token's own GPU when it has a
-replica there; otherwise the token goes to a replica on the least-loaded rank: the remote uses
-of each replicated expert (experts in id order, tokens in order) are water-filled over its
-replica ranks on top of the load already fixed (local hits and single-replica experts).
+replica there; otherwise it goes to the replica on the rank with the fewest activations so far in that layer
+(counting local hits and single-replica experts first; replicated experts in id order, tokens
+in order, ties to the lower rank) -- the simulator's rule (specmoe.simulator.dispatch).
 """
 from __future__ import annotations
 
@@ -48,29 +48,13 @@ def dispatch_ranks(ids_l: np.ndarray, phy2log_l: np.ndarray, ep: int, num_expert
         if not len(where):
             continue
         ranks = np.flatnonzero(has[x])
-        take = _water_fill(load[ranks], len(where))
-        dest.ravel()[where] = np.repeat(ranks, take)
-        load[ranks] += take
+        n = len(where)
+        level = load[ranks][:, None] + np.arange(n)[None, :]  # [replicas, n]: i-th extra use
+        which = np.broadcast_to(np.arange(len(ranks))[:, None], level.shape).ravel()
+        chosen = ranks[which[np.lexsort((ranks[which], level.ravel()))[:n]]]
+        dest.ravel()[where] = chosen  # token order takes the fills in (level, rank) order
+        np.add.at(load, chosen, 1)
     return dest
-
-
-def _water_fill(load: np.ndarray, n: int) -> np.ndarray:
-    """Split n units over bins with `load [m]` so that the fullest bin is as low as possible;
-    ties go to the lower bin. Returns counts `[m]`."""
-    take = np.zeros(len(load), np.int64)
-    cur = load.astype(np.int64).copy()
-    order = np.argsort(cur, kind="stable")
-    # raise the lowest bins level by level, then hand out the remainder one per bin
-    for k in range(1, len(cur) + 1):
-        level = cur[order[k]] if k < len(cur) else None
-        need = 0 if level is None else int((level - cur[order[:k]]).sum())
-        if level is None or need > n:
-            base, rem = divmod(n + int(cur[order[:k]].sum()), k)
-            fill = np.full(k, base)
-            fill[np.argsort(order[:k], kind="stable")[:rem]] += 1
-            take[order[:k]] = fill - cur[order[:k]]
-            return take
-    return take
 
 
 def layer_counts(dest: np.ndarray, ep: int) -> np.ndarray:
