@@ -160,12 +160,42 @@ def _argmax_spread(s: np.ndarray) -> np.ndarray:
     return np.argmax(s - jitter, 1)
 
 
-def tp_schedule(trace, predictor: Predictor, phy2log: np.ndarray, ep: int) -> np.ndarray:
-    """token2gpu `[T, L]`: per token and layer, the rank with most predicted activations."""
+def balanced_argmax(scores: np.ndarray, slack: float) -> np.ndarray:
+    """Each row to its best column, at most ceil((1 + slack) * T / G) rows per column.
+
+    An over-subscribed column keeps the rows that score it highest; the others try their
+    next best column with room. `scores [T, G]` -> `[T]`."""
+    T, G = scores.shape
+    cap = int(np.ceil((1 + slack) * T / G))
+    s = scores.astype(np.float64).copy()
+    out = np.full(T, -1, np.int64)
+    room = np.full(G, cap)
+    for _ in range(G):
+        idx = np.flatnonzero(out < 0)
+        if not len(idx):
+            break
+        choice = _argmax_spread(s[idx])
+        order = np.lexsort((-s[idx, choice], choice))  # by column, best score first
+        col = choice[order]
+        start = np.searchsorted(col, np.arange(G))
+        pos = np.arange(len(col)) - start[col]
+        take = pos < room[col]
+        out[idx[order[take]]] = col[take]
+        room -= np.bincount(col[take], minlength=G)
+        s[idx[order[~take]], col[~take]] = -np.inf
+        s[:, room <= 0] = -np.inf
+    return out
+
+
+def tp_schedule(trace, predictor: Predictor, phy2log: np.ndarray, ep: int,
+                slack: float = 0.10) -> np.ndarray:
+    """token2gpu `[T, L]`: per token and layer, the rank with most predicted activations,
+    each rank sending at most (1 + slack) x the mean number of tokens (a rank that sends
+    every token would make its links the all-to-all's bottleneck)."""
     out = np.zeros((trace.num_tokens, trace.num_layers), np.int64)
     for layer in range(trace.num_layers):
-        out[:, layer] = _argmax_spread(gpu_scores(predictor.scores(trace, layer),
-                                                  phy2log[layer], ep))
+        out[:, layer] = balanced_argmax(gpu_scores(predictor.scores(trace, layer),
+                                                   phy2log[layer], ep), slack)
     return out
 
 
