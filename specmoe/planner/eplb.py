@@ -15,8 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def replicate(weight: np.ndarray, num_physical: int) -> tuple[np.ndarray, np.ndarray]:
-    """Replicate the expert with the highest load per replica until `num_physical` slots.
+def replicate(weight: np.ndarray, num_physical: int, max_replicas: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Replicate the expert with the highest load per replica until `num_physical` slots;
+    an expert never gets more than `max_replicas` copies (one per GPU is the useful most).
 
     weight: `[num_logical]`. Returns phy2log `[num_physical]` (logical ids first, then the
     replicas in the order they were added) and logcnt `[num_logical]` (replicas per expert).
@@ -28,7 +30,10 @@ def replicate(weight: np.ndarray, num_physical: int) -> tuple[np.ndarray, np.nda
     logcnt = np.ones(n, np.int64)
     w = np.asarray(weight, np.float64)
     for _ in range(num_physical - n):
-        j = int(np.argmax(w / logcnt))  # ties: lowest id
+        per = w / logcnt
+        if max_replicas is not None:
+            per = np.where(logcnt < max_replicas, per, -np.inf)
+        j = int(np.argmax(per))  # ties: lowest id
         phy2log.append(j)
         logcnt[j] += 1
     return np.asarray(phy2log, np.int64), logcnt
@@ -82,7 +87,7 @@ def rebalance_layer(weight: np.ndarray, num_physical: int, num_groups: int, num_
         experts = np.concatenate([np.arange(g * group_size, (g + 1) * group_size)
                                   for g in np.flatnonzero(group2node == node)])
         # 2. replicate inside the node
-        local_phy, logcnt = replicate(weight[experts], phy_per_node)
+        local_phy, logcnt = replicate(weight[experts], phy_per_node, gpus_per_node)
         phy_w = weight[experts][local_phy] / logcnt[local_phy]
         # 3. physical experts -> GPUs of the node
         gpu = balanced_packing(phy_w, gpus_per_node, labels=local_phy)

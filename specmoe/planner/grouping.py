@@ -217,7 +217,7 @@ def add_replicas(e2r: np.ndarray, W: np.ndarray, weight: np.ndarray, num_redunda
     E = len(e2r)
     per_rank = (E + num_redundant) // ep
     free = per_rank - np.bincount(e2r, minlength=ep)
-    phy, _ = replicate(weight, E + num_redundant)
+    phy, _ = replicate(weight, E + num_redundant, ep)
     extra: list[list[int]] = [[] for _ in range(ep)]
     onehot = np.eye(ep)[e2r]  # [E, ep]
     for e in phy[E:]:
