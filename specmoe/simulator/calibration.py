@@ -101,10 +101,11 @@ class Calibration:
 
     def collective_override(self, kind, topo, traffic: np.ndarray, t_s: np.ndarray) -> np.ndarray:
         """Replace alpha-beta times by the measured curve of the traffic's top link class where
-        the busiest sender's bytes lie inside it, `traffic [B, G, G]`, `t_s [B]`."""
+        the busiest rank's bytes (sent or received, so a matrix and its transpose agree) lie
+        inside it, `traffic [B, G, G]` (diagonal zero), `t_s [B]`."""
         if kind not in self.collectives:
             return t_s
-        sent = traffic.sum(axis=2).max(axis=1)  # [B] busiest sender
+        sent = np.maximum(traffic.sum(axis=2).max(axis=1), traffic.sum(axis=1).max(axis=1))  # [B]
         used = np.where(traffic > 0, topo.pair_class[None], -1).max(axis=(1, 2))  # [B]
         out = t_s.copy()
         for c, name in enumerate(LINK_CLASSES):

@@ -89,28 +89,52 @@ def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: 
     per_rank = P // ep
     E = int(phy2log.max()) + 1
     ids = np.asarray(topk_ids)
-    phys = np.empty(ids.shape, np.int64)
-    for layer in range(L):  # [T, K] per layer; the table maps -1 to -1 via its last slot
-        count, first = _replica_phys(phy2log[layer], E)
-        table = np.append(first, -1)
-        phys[:, layer] = table[ids[:, layer]]
-        if (count > 1).any():
-            _assign_replicas(phys[:, layer], ids[:, layer], token2gpu, phy2log[layer], count, per_rank, ep)
-    dst = np.where(phys >= 0, phys // per_rank, -1)  # [T, L, K]
-    valid = dst >= 0
+    src = np.asarray(token2gpu, np.int64)
+    phys, replicated = _physical(ids, src, phy2log, per_rank, ep, E)
+    dst = phys // per_rank if per_rank > 1 else phys  # [T, L, K]; -1 stays negative
+    valid = phys >= 0
     if per_rank > 1:  # two experts of a token on one GPU: one copy (top-k ids are distinct)
         for k in range(1, K):
             for j in range(k):
                 valid[..., k] &= dst[..., k] != dst[..., j]
-    layer_ix = np.arange(L, dtype=np.int64)[None, :, None]
-    key = (layer_ix * ep + token2gpu[:, None, None]) * ep + dst
-    copies = np.bincount(key[valid], minlength=L * ep * ep).reshape(L, ep, ep)
-    ok = phys >= 0
-    expert_tokens = np.bincount((layer_ix * P + phys)[ok], minlength=L * P).reshape(L, P)
-    routed_tok = ok.any(axis=2)  # [T, L]
-    routed = np.stack([np.bincount(token2gpu[routed_tok[:, l]], minlength=ep) for l in range(L)])
-    return Dispatch(copies.astype(np.int64), expert_tokens.astype(np.int64),
-                    np.bincount(token2gpu, minlength=ep).astype(np.int64), routed.astype(np.int64))
+    # key (src, layer, dst): a token's keys share one src, so its writes stay in a small window
+    base = ((src[:, None] * L + np.arange(L)) * ep).astype(np.int32)  # [T, L]
+    key = base[:, :, None] + dst
+    dump = ep * L * ep
+    key = np.where(valid, key, dump) if not valid.all() else key
+    copies = np.bincount(key.ravel(), minlength=dump + 1)[:dump].reshape(ep, L, ep).transpose(1, 0, 2)
+    if per_rank == 1 and not replicated:  # dst is the physical expert: counts are its tokens
+        expert_tokens = copies.sum(axis=1)
+    else:
+        ok = phys >= 0
+        key = (np.arange(L, dtype=np.int32)[None, :, None] * P + phys)[ok]
+        expert_tokens = np.bincount(key, minlength=L * P).reshape(L, P)
+    tokens_per_gpu = np.bincount(src, minlength=ep).astype(np.int64)
+    if ids.min(initial=0) >= 0:
+        routed = np.tile(tokens_per_gpu, (L, 1))
+    else:
+        used = (phys >= 0).any(axis=2)  # [T, L]
+        routed = np.stack([np.bincount(src[used[:, l]], minlength=ep) for l in range(L)])
+    return Dispatch(np.ascontiguousarray(copies, np.int64), expert_tokens.astype(np.int64),
+                    tokens_per_gpu, routed.astype(np.int64))
+
+
+def _physical(ids, src, phy2log, per_rank, ep, E) -> tuple[np.ndarray, bool]:
+    """Physical expert of every (token, layer, k), `[T, L, K]` int32 (-1 = none), and whether
+    any logical expert is replicated."""
+    L = phy2log.shape[0]
+    if (phy2log == phy2log[0]).all() and np.bincount(phy2log[0], minlength=E).max() == 1:
+        count, first = _replica_phys(phy2log[0], E)
+        return np.append(first, -1).astype(np.int32)[ids], False  # -1 indexes the last slot
+    phys = np.empty(ids.shape, np.int32)
+    replicated = False
+    for layer in range(L):
+        count, first = _replica_phys(phy2log[layer], E)
+        phys[:, layer] = np.append(first, -1).astype(np.int32)[ids[:, layer]]
+        if (count > 1).any():
+            replicated = True
+            _assign_replicas(phys[:, layer], ids[:, layer], src, phy2log[layer], count, per_rank, ep)
+    return phys, replicated
 
 
 def _assign_replicas(phys_l, ids_l, token2gpu, phy2log_l, count, per_rank, ep) -> None:

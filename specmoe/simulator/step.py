@@ -129,9 +129,10 @@ class _Context:
             self.flow = FlowNetwork(self.topo)
 
     def comms(self, traffic: np.ndarray, steps: int = 1, kind: str = "all_to_all") -> list[engine.Comm]:
-        """One Comm per matrix of `traffic [B, G, G]` bytes."""
+        """One Comm per matrix of `traffic [B, G, G]` bytes. Each flow-tier collective runs in
+        its own simpy environment (collectives never overlap: the engine serialises them)."""
         if self.network == "flow":
-            return [engine.Comm(process=self.flow.process(t, steps)) for t in traffic]
+            return [engine.Comm(time_s=self.flow.time(t, steps)) for t in traffic]
         times = analytic_times(self.topo, traffic, steps, self.cal, kind)
         return [engine.Comm(time_s=float(t)) for t in times]
 
@@ -167,7 +168,7 @@ def _layer_work(ctx: _Context, d: Dispatch) -> tuple[list[engine.LayerWork], np.
     for t in traffic:
         np.fill_diagonal(t, 0.0)
     dispatch = ctx.comms(traffic)
-    combine = ctx.comms(np.ascontiguousarray(traffic.transpose(0, 2, 1)))
+    combine = dispatch  # the transposed matrix on a topology with symmetric links: same time
     work = []
     for layer in range(m.num_layers):
         comm = {"attention_comm": tp_comm} if tp_comm is not None else {}
