@@ -149,8 +149,8 @@ def serve(trace: RequestTrace, costs: StepCosts, config: ServingConfig = Serving
     first, finish = np.full(n, np.nan), np.full(n, np.nan)
     rng = np.random.default_rng(seed)
     run = _State(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
-    t, nxt, kv, queue = 0.0, 0, 0, []
-    busy_batch_s = 0.0  # integral of the decode batch size over time
+    t, nxt, kv, queue, decode_time = 0.0, 0, 0, [], 0.0
+    running_s = np.zeros(2)  # integrals over time of the running count: decode iterations, all
     too_big = np.flatnonzero(inp + out > cap)
     while nxt < n or queue or len(run.idx):
         while nxt < n and arr[nxt] <= t:
@@ -158,26 +158,32 @@ def serve(trace: RequestTrace, costs: StepCosts, config: ServingConfig = Serving
                 queue.append(nxt)
             nxt += 1
         if not queue and not len(run.idx):
+            if nxt >= n:
+                break
             t = max(t, arr[nxt])
             continue
         new = _admit(queue, run, inp, out, kv, cap, config)
         if new is not None:
             toks = inp[new]
-            t += costs.prefill_s(float(toks.sum()), float((toks ** 2).sum() / toks.sum()))
+            dt = costs.prefill_s(float(toks.sum()), float((toks ** 2).sum() / toks.sum()))
+            running_s[1] += dt * len(run.idx)  # running requests stall during a prefill
+            t += dt
             first[new] = t
             kv += int((inp[new] + out[new]).sum())
             run = _State(np.r_[run.idx, new], np.r_[run.left, out[new] - 1],
                          np.r_[run.ctx, inp[new] + 1.0])
         elif len(run.idx):
             dt, steps = _decode(run, decoder, costs, rng, t, arr, nxt, n, queue, config, kv, cap)
-            busy_batch_s += dt * len(run.idx)
+            running_s += dt * len(run.idx)
+            decode_time += dt
             t += dt
         done = run.left <= 0
         if done.any():
             finish[run.idx[done]] = t
             kv -= int((inp[run.idx[done]] + out[run.idx[done]]).sum())
             run = _State(run.idx[~done], run.left[~done], run.ctx[~done])
-    return _result(trace, first, finish, busy_batch_s, too_big, cap, config, costs)
+    mean_batch = running_s[0] / decode_time if decode_time else 0.0
+    return _result(trace, first, finish, mean_batch, running_s[1], too_big, cap, config, costs)
 
 
 def _admit(queue, run, inp, out, kv, cap, config) -> np.ndarray | None:
@@ -217,7 +223,7 @@ def _decode(run, decoder, costs, rng, t, arr, nxt, n, queue, config, kv, cap):
     return dt, k
 
 
-def _result(trace, first, finish, busy_batch_s, too_big, cap, config, costs) -> ServingResult:
+def _result(trace, first, finish, mean_batch, running_s, too_big, cap, config, costs) -> ServingResult:
     out = trace.output_tokens
     e2e = finish - trace.arrival_s
     ttft = first - trace.arrival_s
@@ -233,7 +239,8 @@ def _result(trace, first, finish, busy_batch_s, too_big, cap, config, costs) -> 
                "makespan_s": round(makespan, 6),
                "throughput_tokens_per_s": round(float(out[served].sum()) / makespan, 3) if makespan else 0.0,
                "throughput_requests_per_s": round(float(served.sum()) / makespan, 6) if makespan else 0.0,
-               "mean_decode_batch": round(busy_batch_s / makespan, 4) if makespan else 0.0,
+               "mean_decode_batch": round(mean_batch, 4),
+               "mean_running": round(running_s / makespan, 4) if makespan else 0.0,
                "kv_capacity_tokens": int(cap),
                "slo_attainment": round(float(ok.mean()), 6),
                "slo": {"ttft_ms": config.slo_ttft_ms, "tpot_ms": config.slo_tpot_ms}}
