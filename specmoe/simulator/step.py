@@ -22,6 +22,10 @@ from specmoe.simulator.network import all_reduce, analytic_times, bytes_by_class
 from specmoe.simulator.topology import LINK_CLASSES, Topology, build_topology
 from specmoe.specs import ClusterSpec, ModelSpec, load_gpu
 
+# Flow tier inside a step: completions within 1% of a collective's bottleneck time share one
+# rate recomputation (flow.py); measured error on DeepSeek-V3 dispatches below 1% (docs/simulator.md).
+FLOW_COALESCE = 1e-2
+
 LAYER_COLUMNS = ("layer", "kind", "attention_us", "gate_us", "dispatch_us", "experts_us",
                  "combine_us", "total_us")
 
@@ -126,7 +130,7 @@ class _Context:
         self.phys_width = widths[phy2log]  # [L, P]
         if network == "flow":
             from specmoe.simulator.flow import FlowNetwork
-            self.flow = FlowNetwork(self.topo)
+            self.flow = FlowNetwork(self.topo, coalesce=FLOW_COALESCE)
 
     def comms(self, traffic: np.ndarray, steps: int = 1, kind: str = "all_to_all") -> list[engine.Comm]:
         """One Comm per matrix of `traffic [B, G, G]` bytes. Each flow-tier collective runs in
@@ -248,7 +252,8 @@ def _notes(ctx: _Context, overlap: bool) -> list[str]:
     notes = list(ctx.cm.notes)
     net = ("network: analytic alpha-beta (bottleneck link per tier, NCCL floor "
            f"{ctx.cluster.collective_latency_us:g} us per collective)") if ctx.network == "analytic" \
-        else "network: flow tier (max-min fair sharing along graph paths)"
+        else ("network: flow tier (max-min fair sharing along graph paths; completions within "
+              f"{FLOW_COALESCE:g} of a collective's bottleneck time batched)")
     notes.append(net)
     if ctx.cal is not None and ctx.cal.collectives and ctx.network == "analytic":
         notes.append("network: calibrated collective curves used where the bytes fall inside them")
