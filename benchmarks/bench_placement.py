@@ -41,24 +41,26 @@ def esft_rows(tmp: Path) -> list[dict]:
     for task in ("intent", "law"):
         path = tmp / f"esft_{task}.npz"
         save(import_esft(ESFT / task), path)
-        for method, attention, R in (("speculative", "tp", 0), ("speculative", "dp", 0),
-                                     ("grouping", "tp", 0), ("greedy", "tp", 0),
-                                     ("speculative", "tp", 8)):
+        for method, attention, R, bound in (
+                ("speculative", "tp", 0, 1.10), ("speculative", "tp", 0, 1.06),
+                ("speculative", "tp", 0, 1.04), ("speculative", "dp", 0, 1.10),
+                ("grouping", "tp", 0, 1.10), ("greedy", "tp", 0, 1.10),
+                ("speculative", "tp", 8, 1.10)):
             args = argparse.Namespace(model="deepseek-v2-lite", cluster="dgx-h100",
                                       routing=str(path), ep=8, method=method,
                                       attention=attention, redundant=R, profile_frac=0.25,
-                                      balance=1.10, seed=0)
+                                      balance=bound, seed=0)
             _, out = build(args)
             c, e = out["baseline_contiguous"], out["baseline_eplb"]
             k = "remote_copies_per_token_layer"
-            row = dict(trace=task, method=method, attention=attention, redundant=R,
+            row = dict(trace=task, method=method, attention=attention, redundant=R, balance=bound,
                        **{x: out[x] for x in KEYS},
                        contiguous={x: c[x] for x in KEYS}, eplb={x: e[x] for x in KEYS},
                        reduction_vs_contiguous=round(1 - out[k] / c[k], 4),
                        reduction_vs_eplb=round(1 - out[k] / e[k], 4),
                        prediction=out.get("prediction"), search_seconds=out["search_seconds"])
             rows.append(row)
-            print(f"{task:6s} {method:11s} {attention} R={R:<2d} copies {out[k]:.3f} "
+            print(f"{task:6s} {method:11s} {attention} R={R:<2d} B={bound:.2f} copies {out[k]:.3f} "
                   f"(contig {c[k]:.3f}, eplb {e[k]:.3f}) -{row['reduction_vs_contiguous']:.1%} "
                   f"vs contig, -{row['reduction_vs_eplb']:.1%} vs eplb; imb "
                   f"{out['load_imbalance']:.3f} (eplb {e['load_imbalance']:.3f}); moe "
@@ -103,15 +105,16 @@ def ilp_rows() -> list[dict]:
 
 def v3_rows() -> list[dict]:
     rows = []
-    # ESFT measured: the busiest expert carries 2.9-4.7x the mean load; Zipf skew 1.0 inside
-    # 32 clusters of 8 experts gives about that (printed below as measured_hottest_over_mean).
-    tr = planted_trace(64, 64, 58, 256, 8, 32, stay=0.7, noise=0.3, skew=1.0, seed=0)
+    # ESFT measured: the busiest expert carries 2.9-4.7x the mean load; these skews give about
+    # that (recorded below as measured_hottest_over_mean).
+    tr = planted_trace(64, 64, 58, 256, 8, 32, stay=0.7, noise=0.15, skew=1.2, cluster_skew=0.6,
+                       seed=0)
     prof, held = tr.split_by_sequence(0.25)
     from specmoe.traces.stats import expert_load, imbalance
     hot = float(imbalance(expert_load(tr)).mean())
-    for gpus, R in ((256, 0), (256, 256), (32, 0)):
+    for gpus, R, restarts in ((256, 0, 3), (256, 256, 3), (32, 0, 1)):
         t0 = time.perf_counter()
-        p = search.fit_placement(prof, "grouping", gpus, R, 1.10, 0)
+        p = search.fit_placement(prof, "grouping", gpus, R, 1.10, 0, restarts=restarts)
         pred = shuffle.Predictor.fit(prof.topk_ids, 256, None, use_request=False)
         secs = time.perf_counter() - t0
         t2g = search.schedule(held, p, gpus, "tp-token", pred)
@@ -119,6 +122,7 @@ def v3_rows() -> list[dict]:
         base = search.evaluate(held, search.fit_placement(prof, "contiguous", gpus, R), gpus,
                                np.arange(held.num_tokens) % gpus, 7168, 2)
         rows.append(dict(model="deepseek-v3 (synthetic planted trace)", gpus=gpus, redundant=R,
+                         restarts=restarts,
                          profile_tokens=prof.num_tokens, search_seconds=round(secs, 2),
                          measured_hottest_over_mean=round(hot, 2),
                          remote_copies_per_token_layer=m["remote_copies_per_token_layer"],
