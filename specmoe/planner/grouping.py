@@ -208,25 +208,38 @@ def greedy_layer(W: np.ndarray, prev_aff: np.ndarray | None, weight: np.ndarray,
 
 
 def add_replicas(e2r: np.ndarray, W: np.ndarray, weight: np.ndarray, num_redundant: int,
-                 ep: int) -> list[list[int]]:
+                 ep: int, bound: float = np.inf) -> list[list[int]]:
     """Which experts get the redundant slots, and where (one layer).
 
     The experts to replicate are EPLB's (highest load per replica first); each replica goes
     to the rank with a free slot, not yet holding it, whose experts co-activate with it most
-    (tokens there then find it locally). Returns extra[g]: logical ids added to rank g."""
+    (tokens there then find it locally), among the ranks whose load stays within `bound` x
+    the mean when the replica takes an equal share of the expert's load (else the lightest).
+    Returns extra[g]: logical ids added to rank g."""
     from specmoe.planner.eplb import replicate
     E = len(e2r)
     per_rank = (E + num_redundant) // ep
     free = per_rank - np.bincount(e2r, minlength=ep)
     phy, _ = replicate(weight, E + num_redundant, ep)
     extra: list[list[int]] = [[] for _ in range(ep)]
-    onehot = np.eye(ep)[e2r]  # [E, ep]
+    onehot = np.eye(ep)[e2r]  # [E, ep] replicas of each expert on each rank
+    limit = bound * weight.sum() / ep
     for e in phy[E:]:
         aff = W[e] @ onehot
         ok = (free > 0) & (onehot[e] == 0)
         ok = ok if ok.any() else free > 0
-        g = int(np.argmax(np.where(ok, aff, -np.inf)))
+        load = _replica_loads(onehot, weight)
+        share = weight[e] / (onehot[e].sum() + 1)
+        fits = ok & (load - np.where(onehot[e] > 0, weight[e] / onehot[e].sum() - share, 0)
+                     + share <= limit)
+        g = int(np.argmax(np.where(fits, aff, -np.inf))) if fits.any() \
+            else int(np.argmin(np.where(ok, load, np.inf)))
         extra[g].append(int(e))
         free[g] -= 1
         onehot[e, g] = 1.0
     return extra
+
+
+def _replica_loads(onehot: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Rank loads `[ep]` when each expert's load is split evenly over its replicas."""
+    return (onehot / onehot.sum(1, keepdims=True)).T @ weight

@@ -72,7 +72,8 @@ def _excess(e2r: np.ndarray, w: np.ndarray, ep: int, bound: float) -> float:
     return float(max(0.0, (load.max(1) / load.mean(1) - bound).max()))
 
 
-def to_phy2log(prof, e2r: np.ndarray, ep: int, num_redundant: int) -> np.ndarray:
+def to_phy2log(prof, e2r: np.ndarray, ep: int, num_redundant: int,
+               bound: float = np.inf) -> np.ndarray:
     if not num_redundant:
         return placement.from_groups(e2r, ep)
     w = expert_load(prof).astype(np.float64)
@@ -81,7 +82,7 @@ def to_phy2log(prof, e2r: np.ndarray, ep: int, num_redundant: int) -> np.ndarray
         X = grouping.incidence(prof.topk_ids[:, l], prof.num_experts)
         W = np.asarray((X.T @ X).todense(), np.float64)
         np.fill_diagonal(W, 0)
-        extra.append(grouping.add_replicas(e2r[l], W, w[l], num_redundant, ep))
+        extra.append(grouping.add_replicas(e2r[l], W, w[l], num_redundant, ep, bound))
     return placement.from_groups(e2r, ep, extra)
 
 
@@ -99,7 +100,7 @@ def fit_placement(prof, method: str, ep: int, num_redundant: int = 0, bound: flo
     init = "greedy" if method == "greedy" else "metis"
     e2r = fit_groups(prof, ep, bound, seed, init=init, refine=method != "greedy",
                      restarts=restarts)
-    return to_phy2log(prof, e2r, ep, num_redundant)
+    return to_phy2log(prof, e2r, ep, num_redundant, robust_bound(bound))
 
 
 def schedule(trace, phy2log: np.ndarray, ep: int, policy: str,
