@@ -237,6 +237,23 @@ def add_replicas(e2r: np.ndarray, W: np.ndarray, weight: np.ndarray, num_redunda
         extra[g].append(int(e))
         free[g] -= 1
         onehot[e, g] = 1.0
+    return _fix_duplicates(e2r, extra)
+
+
+def _fix_duplicates(e2r: np.ndarray, extra: list[list[int]]) -> list[list[int]]:
+    """Swap replicas between ranks until no rank holds an expert twice (when the greedy
+    order left a replica only a rank that already had it)."""
+    held = [set(np.flatnonzero(e2r == g).tolist()) for g in range(len(extra))]
+    for g, reps in enumerate(extra):
+        for i, e in enumerate(reps):
+            if e not in held[g] and reps.count(e) == 1:
+                continue
+            for h, other in enumerate(extra):
+                j = next((j for j, f in enumerate(other) if h != g and e not in held[h]
+                          and e not in other and f not in held[g] and f not in reps), None)
+                if j is not None:
+                    reps[i], other[j] = other[j], e
+                    break
     return extra
 
 

@@ -100,7 +100,11 @@ def fit_placement(prof, method: str, ep: int, num_redundant: int = 0, bound: flo
     init = "greedy" if method == "greedy" else "metis"
     e2r = fit_groups(prof, ep, bound, seed, init=init, refine=method != "greedy",
                      restarts=restarts)
-    return to_phy2log(prof, e2r, ep, num_redundant, robust_bound(bound))
+    phy2log = to_phy2log(prof, e2r, ep, num_redundant, robust_bound(bound))
+    problem = placement.check_phy2log(phy2log, E, ep)
+    if problem:  # a bug, never bad input: the search must produce a valid placement
+        raise AssertionError(problem)
+    return phy2log
 
 
 def schedule(trace, phy2log: np.ndarray, ep: int, policy: str,
