@@ -132,7 +132,7 @@ def kl_refine(X: sp.csr_matrix, e2r: np.ndarray, home: np.ndarray | None, weight
 
     X `[T, E]` incidence; e2r `[E]`; home `[T]` source rank of each token (None: count every
     rank a token touches); weight `[H, E]` (or `[E]`) loads: the bound max/mean <= `bound`
-    must hold for every row (e.g. the whole profile and its halves, so the plan does not
+    must hold for every row (the profile and bootstrap resamples of it, so the plan does not
     lean on one sample). While a row breaks the bound, each pass makes the cheapest swap
     that lightens the heaviest rank. Returns the refined e2r `[E]`."""
     e2r = e2r.copy()
