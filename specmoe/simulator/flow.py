@@ -35,6 +35,8 @@ class Incidence:
     links: int [nnz] link of each incidence, grouped by flow (csr order)
     indptr: int [F + 1]; owner: int [nnz] flow of each incidence
     by_link: int [nnz] incidences sorted by link; link_starts, link_ids: the groups' starts and links
+    owner_by_link: int [nnz] owner[by_link]
+    pad: int [max links per flow, F] each flow's links, padded with num_links (a dummy link)
     """
 
     links: np.ndarray
@@ -44,6 +46,8 @@ class Incidence:
     link_starts: np.ndarray
     link_ids: np.ndarray
     num_links: int
+    owner_by_link: np.ndarray
+    pad: np.ndarray
 
     @classmethod
     def from_csr(cls, a: sp.csr_matrix) -> "Incidence":
@@ -52,7 +56,19 @@ class Incidence:
         by_link = np.argsort(links, kind="stable")
         ls = links[by_link]
         starts = np.flatnonzero(np.r_[True, ls[1:] != ls[:-1]]) if len(ls) else np.zeros(0, np.int64)
-        return cls(links, indptr, owner, by_link, starts, ls[starts], a.shape[1])
+        deg = np.diff(indptr)
+        pad = np.full((len(deg), int(deg.max(initial=1))), a.shape[1], np.int64)
+        pad[owner, np.arange(len(links)) - indptr[owner]] = links
+        return cls(links, indptr, owner, by_link, starts, ls[starts], a.shape[1], owner[by_link],
+                   np.ascontiguousarray(pad.T))
+
+
+def _row_min(values: np.ndarray, pad: np.ndarray) -> np.ndarray:
+    """min over each flow's links of `values [E + 1]`, `pad [D, F]` -> `[F]`."""
+    out = values[pad[0]]
+    for row in pad[1:]:
+        np.minimum(out, values[row], out=out)
+    return out
 
 
 def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
@@ -63,20 +79,20 @@ def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
         inc = Incidence.from_csr(sp.csr_matrix(inc))
     F, E = len(inc.indptr) - 1, inc.num_links
     links, owner = inc.links, inc.owner
-    starts = inc.indptr[:-1]
     frozen = np.zeros(F, bool) if active is None else ~active
     rate = np.zeros(F)
     left = capacity.astype(np.float64).copy()
+    share = np.full(E + 1, np.inf)  # the last slot is the padding's dummy link
     while not frozen.all():
         n = np.bincount(links, weights=~frozen[owner], minlength=E)
-        share = np.full(E, np.inf)
-        np.divide(left, n, out=share, where=n > 0)
-        m = np.minimum.reduceat(share[links], starts)  # [F] tightest share of each flow
+        share[:E] = np.inf
+        np.divide(left, n, out=share[:E], where=n > 0)
+        m = _row_min(share, inc.pad)  # [F] tightest share of each flow
         m[frozen] = np.inf
         best = np.full(E, np.inf)  # [E] smallest tightest-share among a link's flows
-        best[inc.link_ids] = np.minimum.reduceat(m[owner[inc.by_link]], inc.link_starts)
-        neck = (n > 0) & (share <= best * (1 + 1e-9))
-        on_neck = np.minimum.reduceat(np.where(neck, share, np.inf)[links], starts)
+        best[inc.link_ids] = np.minimum.reduceat(m[inc.owner_by_link], inc.link_starts)
+        neck = (n > 0) & (share[:E] <= best * (1 + 1e-9))
+        on_neck = _row_min(np.where(np.r_[neck, False], share, np.inf), inc.pad)
         new = ~frozen & (on_neck <= m * (1 + 1e-9))
         rate[new] = m[new]
         frozen |= new
