@@ -29,38 +29,45 @@ _EPS = 1e-12
 
 @dataclass
 class Incidence:
-    """Flows x links, with the index orders progressive filling needs (built once per
-    collective; events then only mask flows out).
+    """Flows x links as a padded table, with the orders progressive filling needs.
 
-    links: int [nnz] link of each incidence, grouped by flow (csr order)
-    indptr: int [F + 1]; owner: int [nnz] flow of each incidence
-    by_link: int [nnz] incidences sorted by link; link_starts, link_ids: the groups' starts and links
-    owner_by_link: int [nnz] owner[by_link]
-    pad: int [max links per flow, F] each flow's links, padded with num_links (a dummy link)
+    pad:   int [D, F] each flow's links (D = most links on one flow), padded with num_links,
+           a dummy link of infinite share
+    links, owner: int [nnz] every real (flow, link) incidence
+    owner_by_link: int [nnz] the owners sorted by link; link_starts, link_ids: the groups
     """
 
+    pad: np.ndarray
+    num_links: int
     links: np.ndarray
-    indptr: np.ndarray
     owner: np.ndarray
-    by_link: np.ndarray
+    owner_by_link: np.ndarray
     link_starts: np.ndarray
     link_ids: np.ndarray
-    num_links: int
-    owner_by_link: np.ndarray
-    pad: np.ndarray
+
+    @classmethod
+    def from_pad(cls, pad: np.ndarray, num_links: int) -> "Incidence":
+        real = pad < num_links  # [D, F]
+        owner = np.nonzero(real)[1]
+        links = pad[real]
+        by_link = np.argsort(links, kind="stable")
+        ls = links[by_link]
+        starts = np.flatnonzero(np.concatenate([[True], ls[1:] != ls[:-1]])) if len(ls) \
+            else np.zeros(0, np.int64)
+        return cls(pad, num_links, links, owner, owner[by_link], starts, ls[starts])
 
     @classmethod
     def from_csr(cls, a: sp.csr_matrix) -> "Incidence":
-        links, indptr = a.indices.astype(np.int64), a.indptr.astype(np.int64)
-        owner = np.repeat(np.arange(a.shape[0]), np.diff(indptr))
-        by_link = np.argsort(links, kind="stable")
-        ls = links[by_link]
-        starts = np.flatnonzero(np.r_[True, ls[1:] != ls[:-1]]) if len(ls) else np.zeros(0, np.int64)
+        indptr = a.indptr.astype(np.int64)
         deg = np.diff(indptr)
-        pad = np.full((len(deg), int(deg.max(initial=1))), a.shape[1], np.int64)
-        pad[owner, np.arange(len(links)) - indptr[owner]] = links
-        return cls(links, indptr, owner, by_link, starts, ls[starts], a.shape[1], owner[by_link],
-                   np.ascontiguousarray(pad.T))
+        owner = np.repeat(np.arange(a.shape[0]), deg)
+        pad = np.full((int(deg.max(initial=1)), a.shape[0]), a.shape[1], np.int64)
+        pad[np.arange(len(owner)) - indptr[owner], owner] = a.indices
+        return cls.from_pad(pad, a.shape[1])
+
+    def subset(self, keep: np.ndarray) -> "Incidence":
+        """The flows where `keep [F]` is true, renumbered in order."""
+        return Incidence.from_pad(np.ascontiguousarray(self.pad[:, keep]), self.num_links)
 
 
 def _row_min(values: np.ndarray, pad: np.ndarray) -> np.ndarray:
@@ -73,31 +80,38 @@ def _row_min(values: np.ndarray, pad: np.ndarray) -> np.ndarray:
 
 def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
                   active: np.ndarray | None = None) -> np.ndarray:
-    """Max-min fair rates `[F]` of the `active [F]` flows (others get 0), every flow's row of
-    the incidence non-empty, `capacity [E]`."""
+    """Max-min fair rates `[F]` of the `active [F]` flows (others get 0), every flow having at
+    least one link, `capacity [E]`. Frozen flows are dropped from the working set whenever
+    they are the majority, so late rounds (few flows left) are cheap."""
     if sp.issparse(inc):
         inc = Incidence.from_csr(sp.csr_matrix(inc))
-    F, E = len(inc.indptr) - 1, inc.num_links
-    links, owner = inc.links, inc.owner
-    frozen = np.zeros(F, bool) if active is None else ~active
+    F, E = inc.pad.shape[1], inc.num_links
     rate = np.zeros(F)
+    ids = np.arange(F) if active is None else np.flatnonzero(active)
+    w = inc if len(ids) == F else inc.subset(ids)
     left = capacity.astype(np.float64).copy()
     share = np.full(E + 1, np.inf)  # the last slot is the padding's dummy link
-    while not frozen.all():
-        n = np.bincount(links, weights=~frozen[owner], minlength=E)
+    neck_share = np.full(E + 1, np.inf)
+    frozen = np.zeros(len(ids), bool)
+    while len(ids):
+        n = np.bincount(w.links, weights=~frozen[w.owner], minlength=E)
         share[:E] = np.inf
         np.divide(left, n, out=share[:E], where=n > 0)
-        m = _row_min(share, inc.pad)  # [F] tightest share of each flow
+        m = _row_min(share, w.pad)  # tightest share of each flow
         m[frozen] = np.inf
-        best = np.full(E, np.inf)  # [E] smallest tightest-share among a link's flows
-        best[inc.link_ids] = np.minimum.reduceat(m[inc.owner_by_link], inc.link_starts)
+        best = np.full(E, np.inf)  # smallest tightest-share among a link's flows
+        best[w.link_ids] = np.minimum.reduceat(m[w.owner_by_link], w.link_starts)
         neck = (n > 0) & (share[:E] <= best * (1 + 1e-9))
-        on_neck = _row_min(np.where(np.r_[neck, False], share, np.inf), inc.pad)
+        neck_share[:E] = np.where(neck, share[:E], np.inf)
+        on_neck = _row_min(neck_share, w.pad)
         new = ~frozen & (on_neck <= m * (1 + 1e-9))
-        rate[new] = m[new]
+        rate[ids[new]] = m[new]
         frozen |= new
-        left -= np.bincount(links, weights=np.where(new, rate, 0.0)[owner], minlength=E)
+        left -= np.bincount(w.links, weights=np.where(new, m, 0.0)[w.owner], minlength=E)
         np.maximum(left, 0.0, out=left)
+        if 2 * frozen.sum() >= len(ids):
+            keep = ~frozen
+            ids, w, frozen = ids[keep], w.subset(keep), np.zeros(int(keep.sum()), bool)
     return rate
 
 

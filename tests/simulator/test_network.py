@@ -130,3 +130,12 @@ def test_empty_traffic_costs_nothing():
     topo = build_topology(switch_cluster())
     z = np.zeros((4, 4))
     assert analytic_times(topo, z[None])[0] == 0.0 and FlowNetwork(topo).time(z) == 0.0
+
+
+def test_batched_completions_keep_bytes_and_only_add_time():
+    topo = build_topology(load_cluster("2x8-h100-ib400"))
+    m = np.random.default_rng(4).poisson(3.0, (16, 16)) * 14336.0
+    exact = FlowNetwork(topo, 0.0).simulate(m)
+    fast = FlowNetwork(topo, 0.01).simulate(m)
+    assert exact.time_s * (1 - 1e-9) <= fast.time_s <= exact.time_s * 1.02
+    assert fast.recomputations < exact.recomputations
