@@ -34,40 +34,43 @@ class Incidence:
     pad:   int [D, F] each flow's links (D = most links on one flow), padded with num_links,
            a dummy link of infinite share
     links, owner: int [nnz] every real (flow, link) incidence
-    owner_by_link: int [nnz] the owners sorted by link; link_starts, link_ids: the groups
+    links_by_link, owner_by_link: int [nnz] the same incidences sorted by link;
+    link_starts, link_ids: where each link's group starts in that order, and its link
     """
 
     pad: np.ndarray
     num_links: int
     links: np.ndarray
     owner: np.ndarray
+    links_by_link: np.ndarray
     owner_by_link: np.ndarray
     link_starts: np.ndarray
     link_ids: np.ndarray
-
-    @classmethod
-    def from_pad(cls, pad: np.ndarray, num_links: int) -> "Incidence":
-        real = pad < num_links  # [D, F]
-        owner = np.nonzero(real)[1]
-        links = pad[real]
-        by_link = np.argsort(links, kind="stable")
-        ls = links[by_link]
-        starts = np.flatnonzero(np.concatenate([[True], ls[1:] != ls[:-1]])) if len(ls) \
-            else np.zeros(0, np.int64)
-        return cls(pad, num_links, links, owner, owner[by_link], starts, ls[starts])
 
     @classmethod
     def from_csr(cls, a: sp.csr_matrix) -> "Incidence":
         indptr = a.indptr.astype(np.int64)
         deg = np.diff(indptr)
         owner = np.repeat(np.arange(a.shape[0]), deg)
+        links = a.indices.astype(np.int64)
         pad = np.full((int(deg.max(initial=1)), a.shape[0]), a.shape[1], np.int64)
-        pad[np.arange(len(owner)) - indptr[owner], owner] = a.indices
-        return cls.from_pad(pad, a.shape[1])
+        pad[np.arange(len(owner)) - indptr[owner], owner] = links
+        by_link = np.argsort(links, kind="stable")
+        return cls._grouped(pad, a.shape[1], links, owner, links[by_link], owner[by_link])
+
+    @classmethod
+    def _grouped(cls, pad, num_links, links, owner, lbl, obl) -> "Incidence":
+        starts = np.flatnonzero(np.concatenate([[True], lbl[1:] != lbl[:-1]])) if len(lbl) \
+            else np.zeros(0, np.int64)
+        return cls(pad, num_links, links, owner, lbl, obl, starts, lbl[starts])
 
     def subset(self, keep: np.ndarray) -> "Incidence":
-        """The flows where `keep [F]` is true, renumbered in order."""
-        return Incidence.from_pad(np.ascontiguousarray(self.pad[:, keep]), self.num_links)
+        """The flows where `keep [F]` is true, renumbered in order (no re-sorting)."""
+        renum = np.cumsum(keep) - 1
+        a, b = keep[self.owner], keep[self.owner_by_link]
+        return Incidence._grouped(np.ascontiguousarray(self.pad[:, keep]), self.num_links,
+                                  self.links[a], renum[self.owner[a]],
+                                  self.links_by_link[b], renum[self.owner_by_link[b]])
 
 
 def _row_min(values: np.ndarray, pad: np.ndarray) -> np.ndarray:
@@ -88,7 +91,7 @@ def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
     F, E = inc.pad.shape[1], inc.num_links
     rate = np.zeros(F)
     ids = np.arange(F) if active is None else np.flatnonzero(active)
-    w = inc if len(ids) == F else inc.subset(ids)
+    w = inc if len(ids) == F else inc.subset(np.asarray(active, bool))
     left = capacity.astype(np.float64).copy()
     share = np.full(E + 1, np.inf)  # the last slot is the padding's dummy link
     neck_share = np.full(E + 1, np.inf)
@@ -169,26 +172,24 @@ class FlowNetwork:
 
     def transfer(self, env: simpy.Environment, traffic: np.ndarray, out: dict):
         """simpy process: move `traffic [G, G]` bytes; rates recomputed as flows end."""
-        rows, rem = self._flows(traffic)
+        rows, size = self._flows(traffic)
         inc = Incidence.from_csr(self.pair_links[rows])
-        loads = np.bincount(inc.links, weights=rem[inc.owner], minlength=inc.num_links)
+        loads = np.bincount(inc.links, weights=size[inc.owner], minlength=inc.num_links)
         window = self.coalesce * float((loads / self.capacity).max(initial=0.0))
         finish = np.full(len(rows), np.nan)
-        active = np.ones(len(rows), bool)
+        ids, rem = np.arange(len(rows)), size.copy()  # the flows still active
         t0, recomputations = env.now, 0
-        while active.any():
-            rate = max_min_rates(inc, self.capacity, active)
+        while len(ids):
+            rate = max_min_rates(inc, self.capacity)
             recomputations += 1
-            ends = np.full(len(rows), np.inf)
-            ends[active] = rem[active] / rate[active]
+            ends = rem / rate
             first = ends.min()
             done = ends <= first + window + _EPS * first
             dt = float(ends[done].max())
             yield env.timeout(dt)
-            rem = np.where(active, np.maximum(rem - rate * dt, 0.0), rem)
-            finish[done] = env.now - t0 - (dt - ends[done])
-            rem[done] = 0.0
-            active &= ~done
+            finish[ids[done]] = env.now - t0 - (dt - ends[done])
+            keep = ~done
+            ids, rem, inc = ids[keep], (rem - rate * dt)[keep], inc.subset(keep)
         out.update(transfer_s=env.now - t0, finish=finish, rows=rows, recomputations=recomputations)
 
     def collective(self, env, traffic: np.ndarray, steps: int = 1, out: dict | None = None):
