@@ -11,7 +11,9 @@ pair of GPUs form one flow.
 A collective costs `alpha + transfer + steps * max_path_latency`: the NCCL floor
 (`collective_latency_us`) to launch and synchronise, the fluid transfer, and the propagation of
 the last bytes. `FlowNetwork(coalesce=...)` can batch nearly simultaneous completions
-(see its docstring); the default is exact.
+(see its docstring); the default is exact. Once every remaining flow crosses one link that
+no other link on their paths can out-limit, the rest drains in closed form (equal shares,
+ends in order of size).
 """
 from __future__ import annotations
 
@@ -79,6 +81,19 @@ def _row_min(values: np.ndarray, pad: np.ndarray) -> np.ndarray:
     for row in pad[1:]:
         np.minimum(out, values[row], out=out)
     return out
+
+
+def _shared_bottleneck(inc: Incidence, capacity: np.ndarray) -> float | None:
+    """The capacity of a link that every flow crosses, if no other link on their paths is
+    slower (then no other link can ever bind); else None."""
+    F = inc.pad.shape[1]
+    count = np.bincount(inc.links, minlength=inc.num_links)
+    common = np.flatnonzero(count == F)
+    if not len(common):
+        return None
+    cap = float(capacity[common].min())
+    used = count > 0
+    return cap if capacity[used].min() >= cap else None
 
 
 def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
@@ -180,6 +195,10 @@ class FlowNetwork:
         ids, rem = np.arange(len(rows)), size.copy()  # the flows still active
         t0, recomputations = env.now, 0
         while len(ids):
+            tail = _shared_bottleneck(inc, self.capacity)
+            if tail is not None:  # the rest drains through one link at its full rate
+                yield from self._drain(env, t0, tail, ids, rem, finish)
+                break
             rate = max_min_rates(inc, self.capacity)
             recomputations += 1
             ends = rem / rate
@@ -191,6 +210,17 @@ class FlowNetwork:
             keep = ~done
             ids, rem, inc = ids[keep], (rem - rate * dt)[keep], inc.subset(keep)
         out.update(transfer_s=env.now - t0, finish=finish, rows=rows, recomputations=recomputations)
+
+    def _drain(self, env, t0, cap: float, ids, rem, finish):
+        """Flows sharing one bottleneck of capacity `cap` that nothing else can limit: max-min
+        splits it equally, so they end in order of size; flow i (sorted) ends after
+        sum_{j<i} rem_j + (n - i) rem_i bytes have crossed the link."""
+        order = np.argsort(rem, kind="stable")
+        r = rem[order]
+        n = len(r)
+        ends = (np.cumsum(r) - r + (n - np.arange(n)) * r) / cap
+        finish[ids[order]] = env.now - t0 + ends
+        yield env.timeout(float(ends[-1]))
 
     def collective(self, env, traffic: np.ndarray, steps: int = 1, out: dict | None = None):
         """simpy process: alpha (launch and sync), the transfer, then the last bytes' latency."""
