@@ -1,0 +1,106 @@
+"""Pack tokens by destination EP rank for the all-to-all dispatch.
+
+A token is sent once to every distinct rank that holds one of its top-k experts (the rank runs
+all of the token's experts it holds on that one copy, as DeepEP's dispatch does). The send
+buffer is grouped by rank, rank 0 first, tokens ascending within a rank, so `send_counts` are
+the all-to-all split sizes.
+
+  topk_ids [M, k], expert2rank [E]  ->  send_counts [R], send2token [S_max], token2slot [M, R],
+                                        x_send [S_max, H] (rows past sum(send_counts) unused)
+with S_max = M * min(k, R). The combine after the return all-to-all reads token2slot.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from specmoe.kernels._common import empty
+
+
+@triton.jit
+def _token_dest(TopkIds, Expert2Rank, tok, tok_ok, E, ranks,
+                TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, R_POW2: tl.constexpr):
+    """dest [BLOCK_T, R_POW2] int32: 1 where the token has an expert on that rank."""
+    dest = tl.zeros([BLOCK_T, R_POW2], tl.int32)
+    for j in tl.static_range(TOP_K):
+        e = tl.load(TopkIds + tok * TOP_K + j, mask=tok_ok, other=-1)
+        ok = (e >= 0) & (e < E)
+        r = tl.load(Expert2Rank + e, mask=ok, other=-1)
+        dest = tl.maximum(dest, (r[:, None] == ranks[None, :]).to(tl.int32))
+    return dest
+
+
+@triton.jit
+def _pack_index(
+    TopkIds, Expert2Rank, SendCounts, Send2Token, Token2Slot,
+    M, E, R,
+    TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, R_POW2: tl.constexpr,
+):
+    """One program per rank r: counts for all ranks (for r's offset), then r's slots in order."""
+    r = tl.program_id(0)
+    ranks = tl.arange(0, R_POW2)
+    lane = tl.arange(0, BLOCK_T)
+    counts = tl.zeros([R_POW2], tl.int32)
+    for s in range(0, M, BLOCK_T):
+        tok = s + lane
+        counts += tl.sum(_token_dest(TopkIds, Expert2Rank, tok, tok < M, E, ranks,
+                                     TOP_K, BLOCK_T, R_POW2), 0)
+    offset = tl.sum(tl.where(ranks < r, counts, 0), 0)
+    seen = 0
+    for s in range(0, M, BLOCK_T):
+        tok = s + lane
+        tok_ok = tok < M
+        dest = _token_dest(TopkIds, Expert2Rank, tok, tok_ok, E, ranks, TOP_K, BLOCK_T, R_POW2)
+        mine = tl.sum(tl.where(ranks[None, :] == r, dest, 0), 1) > 0   # [BLOCK_T]
+        slot = offset + seen + tl.cumsum(mine.to(tl.int32), 0) - 1
+        tl.store(Send2Token + slot, tok, mask=mine)
+        tl.store(Token2Slot + tok * R + r, tl.where(mine, slot, -1), mask=tok_ok)
+        seen += tl.sum(mine.to(tl.int32), 0)
+    tl.store(SendCounts + ranks, counts, mask=(ranks < R) & (ranks * 0 + r == 0))
+
+
+@triton.jit
+def _gather_rows(
+    X, Send2Token, SendCounts, XSend,
+    H, R, stride_xm, stride_sm,
+    BLOCK_H: tl.constexpr, R_POW2: tl.constexpr,
+):
+    """x_send[slot, h-tile] = x[send2token[slot], h-tile] for slot < sum(send_counts)."""
+    slot = tl.program_id(0)
+    ranks = tl.arange(0, R_POW2)
+    total = tl.sum(tl.load(SendCounts + ranks, mask=ranks < R, other=0), 0)
+    if slot >= total:
+        return
+    tok = tl.load(Send2Token + slot).to(tl.int64)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    row = tl.load(X + tok * stride_xm + h, mask=h < H)
+    tl.store(XSend + slot * stride_sm + h, row, mask=h < H)
+
+
+def pack_by_rank(x: torch.Tensor, topk_ids: torch.Tensor, expert2rank: torch.Tensor, num_ranks: int):
+    """x [M, H]; topk_ids [M, k] (ids outside [0, E) are dropped); expert2rank [E] int.
+
+    Returns (send_counts [R] int32, send2token [S_max] int32, token2slot [M, R] int32 (-1: not
+    sent), x_send [S_max, H]); S_max = M * min(k, R); slots past sum(send_counts) are unused.
+    """
+    M, k = topk_ids.shape
+    if x.shape[0] != M or x.stride(1) != 1 or expert2rank.dim() != 1:
+        raise ValueError(f"need x [M, H] (contiguous rows) and expert2rank [E], got {tuple(x.shape)}, "
+                         f"{tuple(expert2rank.shape)}")
+    R, E, H = num_ranks, expert2rank.numel(), x.shape[1]
+    dev = x.device
+    s_max = max(M * min(k, R), 1)
+    send_counts = empty((R,), torch.int32, dev)
+    send2token = empty((s_max,), torch.int32, dev)
+    token2slot = empty((M, R), torch.int32, dev)
+    x_send = empty((s_max, H), x.dtype, dev)
+    r_pow2 = triton.next_power_of_2(R)
+    _pack_index[(R,)](topk_ids.to(torch.int32).contiguous(), expert2rank.to(torch.int32).contiguous(),
+                      send_counts, send2token, token2slot, M, E, R,
+                      TOP_K=k, BLOCK_T=128, R_POW2=r_pow2)
+    block_h = min(1024, triton.next_power_of_2(H))
+    _gather_rows[(s_max, triton.cdiv(H, block_h))](x, send2token, send_counts, x_send, H, R,
+                                                   x.stride(0), x_send.stride(0),
+                                                   BLOCK_H=block_h, R_POW2=r_pow2)
+    return send_counts, send2token, token2slot, x_send
