@@ -51,3 +51,24 @@ def try_time(fn, rep_ms=100):
         print(f"  baseline failed: {type(exc).__name__}: {str(exc)[:160]}")
         torch.cuda.empty_cache()
         return None
+
+
+def graph_us(fn, rep_ms: int = 100):
+    """Median time of one CUDA-graph replay of fn (launch overhead removed), or None if fn
+    cannot be captured (host syncs)."""
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        torch.cuda.synchronize()
+        return bench_us(g.replay, rep_ms)
+    except Exception as exc:                                         # noqa: BLE001 - report, go on
+        print(f"  graph capture failed: {type(exc).__name__}: {str(exc)[:160]}")
+        torch.cuda.synchronize()
+        return None

@@ -14,16 +14,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.kernels_common import HBM_BYTES_PER_S, bench_us, elapsed, rel_err, row, try_time
+from benchmarks.kernels_common import HBM_BYTES_PER_S, bench_us, elapsed, graph_us, rel_err, row, try_time
 from specmoe.kernels import moe as moe_k
 from specmoe.kernels.pack import pack_by_rank
 from specmoe.kernels.ref import moe_ref, pack_by_rank_ref
 
 E, H, FF, K = 8, 4096, 14336, 2
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-TILES = [  # BLOCK_N, BLOCK_K, num_warps, num_stages
-    (64, 128, 4, 4), (64, 256, 4, 3), (32, 256, 4, 4), (128, 128, 4, 3),
-    (64, 128, 8, 5), (32, 128, 4, 5), (128, 64, 8, 4), (64, 64, 4, 6),
+TILES = [  # BLOCK_N, BLOCK_K, num_warps, num_stages (call 1 winners first, then new ones)
+    (32, 256, 4, 4), (64, 256, 4, 3), (128, 128, 4, 3), (64, 128, 4, 4),
+    (128, 64, 4, 4), (128, 64, 8, 4), (256, 64, 8, 3), (32, 512, 4, 3), (64, 64, 4, 6),
 ]
 
 
@@ -133,6 +133,7 @@ def bench(dev, w13, w2, table_gu, table_dn):
         x, ids, wts = make_tokens(m, dev, seed=m)
         cg, cd = nearest(table_gu, m), nearest(table_dn, m)
         t = bench_us(lambda: moe_k.fused_moe(x, w13, w2, ids, wts, config=cg, config_down=cd), rep_ms=200)
+        t_graph = graph_us(lambda: moe_k.fused_moe(x, w13, w2, ids, wts, config=cg, config_down=cd))
         t_loop = try_time(lambda: torch_loop(x, w13, w2, ids, wts), rep_ms=200)
         t_grp = try_time(lambda: torch_grouped(x, w13, w2, ids, wts), rep_ms=200)
         u = int(torch.unique(ids).numel())
@@ -143,10 +144,13 @@ def bench(dev, w13, w2, table_gu, table_dn):
         shape = {"M": m, "E": E, "H": H, "F": FF, "top_k": K, "experts_hit": u}
         rows.append(row("moe_decode", shape, t, wbytes, flops, "torch_per_expert_loop", t_loop,
                         grouped_mm_time_us=None if t_grp is None else round(t_grp, 2),
+                        graph_time_us=t_graph and round(t_graph, 2),
+                        hbm_frac_graph=t_graph and round(wbytes / (t_graph * 1e-6) / HBM_BYTES_PER_S, 4),
                         hbm_frac_all=round(all_bytes / (t * 1e-6) / HBM_BYTES_PER_S, 4),
                         speedup_vs_loop=None if t_loop is None else round(t_loop / t, 3),
                         config_gate_up=cg, config_down=cd))
-        print(f"  moe m={m}: {t:.1f} us, hbm(weights) {rows[-1]['hbm_frac']:.3f}; loop {t_loop}, grouped_mm {t_grp}")
+        print(f"  moe m={m}: {t:.1f} us (graph {t_graph}), hbm(weights) {rows[-1]['hbm_frac']:.3f}; "
+              f"loop {t_loop}, grouped_mm {t_grp}")
     return rows
 
 
@@ -172,8 +176,10 @@ def bench_pack(dev):
                                             and torch.equal(t2s.cpu(), rt2s) and torch.equal(xs[:n].cpu(), x.cpu()[rs2t.long()]))
         t = bench_us(lambda: pack_by_rank(x, ids, e2r, r), rep_ms=100)
         tb = try_time(lambda: torch_pack(x, ids, e2r, r), rep_ms=100)
+        tg = graph_us(lambda: pack_by_rank(x, ids, e2r, r))
         sends = int(counts.sum())
         rows.append(row("pack_by_rank", {"M": m, "E": e, "top_k": k, "R": r, "H": H, "sends": sends}, t,
-                        (m + sends) * H * 2, 0, "torch_scatter_nonzero_gather", tb))
-        print(f"  pack m={m} E={e} k={k} R={r}: {t:.1f} us, torch {tb}")
+                        (m + sends) * H * 2, 0, "torch_scatter_nonzero_gather", tb,
+                        graph_time_us=tg and round(tg, 2)))
+        print(f"  pack m={m} E={e} k={k} R={r}: {t:.1f} us (graph {tg}), torch {tb}")
     return rows, errs

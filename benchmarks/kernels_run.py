@@ -58,6 +58,9 @@ def main() -> int:
         tree_cfg, tuning["tree_attention"] = bt.tune(dev, budget_s=0.25 * args.budget)
     print("tree config", tree_cfg, f"t={elapsed():.0f}s")
     rows += bt.bench(dev, tree_cfg)
+    tree16_cfg, tuning["tree_attention_T16"] = bt.tune(dev, ctx=32768, budget_s=0.35 * args.budget, T=16,
+                                                        candidates=bt.CANDIDATES_T16)
+    rows += bt.bench(dev, tree16_cfg, T=16, contexts=(32768,))
     write_json(out / "kernels_h200.json", {"meta": meta, "checks": checks, "results": rows})
     print(f"tree done t={elapsed():.0f}s")
 
@@ -65,7 +68,8 @@ def main() -> int:
     if not args.skip_tune or tab_gu is None:
         tab_gu, tab_dn, tuning["moe"] = bm.tune(dev, w13, w2, budget_s=0.75 * args.budget)
     configs = {"version": 1, "devices": {name: {
-        "tree_attention": {f"T{bt.T}_G{bt.HQ // bt.HKV}_D{bt.D}": tree_cfg},
+        "tree_attention": {f"T{bt.T}_G{bt.HQ // bt.HKV}_D{bt.D}": tree_cfg,
+                           f"T16_G{bt.HQ // bt.HKV}_D{bt.D}": tree16_cfg},
         "moe_gate_up": {f"E{bm.E}_H{bm.H}_F{bm.FF}": tab_gu},
         "moe_down": {f"E{bm.E}_H{bm.H}_F{bm.FF}": tab_dn}}}}
     write_json(out / "configs.json", configs)
@@ -79,10 +83,11 @@ def main() -> int:
     rows += pack_rows
     write_json(out / "kernels_h200.json", {"meta": meta, "checks": checks, "results": rows})
 
-    print(f"\n{'kernel':16} {'shape':44} {'time_us':>9} {'hbm':>6} {'flop':>6} {'baseline':>26} {'base_us':>9}")
+    print(f"\n{'kernel':16} {'shape':44} {'time_us':>9} {'graph_us':>9} {'hbm':>6} {'flop':>6} {'baseline':>26} {'base_us':>9}")
     for r in rows:
-        s = ",".join(f"{k}={v}" for k, v in r["shape"].items() if k in ("M", "ctx_max", "lens", "E", "R", "experts_hit"))
-        print(f"{r['kernel']:16} {s:44} {r['time_us']:9.1f} {r['hbm_frac']:6.3f} {r['flop_frac']:6.3f} "
+        s = ",".join(f"{k}={v}" for k, v in r["shape"].items()
+                     if k in ("M", "T", "ctx_max", "lens", "E", "R", "experts_hit"))
+        print(f"{r['kernel']:16} {s:44} {r['time_us']:9.1f} {r.get('graph_time_us') or float('nan'):9.1f} {r['hbm_frac']:6.3f} {r['flop_frac']:6.3f} "
               f"{r['baseline']:>26} {r['baseline_time_us'] if r['baseline_time_us'] else float('nan'):9.1f}")
     print("checks", json.dumps(checks))
     print(f"total {elapsed():.0f}s")

@@ -11,15 +11,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.kernels_common import bench_us, elapsed, rel_err, row, try_time
+from benchmarks.kernels_common import bench_us, elapsed, graph_us, rel_err, row, try_time
 from specmoe.kernels.ref import tree_attention_ref
 from specmoe.kernels.tree_attention import ancestor_mask, tree_attention
 
 HQ, HKV, D, T, B = 32, 8, 128, 64, 16
-CANDIDATES = [  # BLOCK_M, BLOCK_N, num_warps, num_stages, num_splits
-    (64, 64, 4, 3, 1), (64, 128, 4, 2, 1), (64, 64, 4, 2, 2),
-    (128, 64, 8, 2, 1), (128, 64, 8, 3, 2), (128, 128, 8, 2, 2), (128, 64, 4, 2, 2),
-    (256, 64, 8, 2, 4), (256, 64, 16, 2, 4), (256, 32, 8, 3, 4),
+# T = 16: G*T = 64 rows per kv head, ~64 FLOP/byte, under the ridge (~184): memory-bound
+CANDIDATES_T16 = [(64, 64, 4, 3, 2), (64, 64, 4, 3, 4), (64, 128, 4, 3, 4), (64, 64, 4, 4, 8)]
+CANDIDATES = [  # BLOCK_M, BLOCK_N, num_warps, num_stages, num_splits (call 1: (128, 64, 8, 3, 2) best)
+    (128, 64, 8, 3, 2), (128, 64, 8, 3, 1), (128, 64, 8, 3, 4), (128, 64, 8, 4, 2),
+    (128, 128, 8, 3, 2), (128, 32, 8, 4, 2), (128, 64, 4, 3, 2), (64, 64, 4, 3, 2),
+    (64, 64, 4, 4, 4), (64, 32, 4, 4, 2),
 ]
 
 
@@ -35,7 +37,7 @@ def random_parents(B, T, gen):
     return p
 
 
-def make_inputs(lens, dev, seed=0):
+def make_inputs(lens, dev, seed=0, T=T):
     b = len(lens)
     gen = torch.Generator().manual_seed(seed)
     s_max = max(lens) + T
@@ -46,7 +48,7 @@ def make_inputs(lens, dev, seed=0):
     return q, k, v, torch.tensor(lens, dtype=torch.int32, device=dev), parents
 
 
-def counts(lens):
+def counts(lens, T=T):
     keys = sum(lens) + len(lens) * T
     bytes_ = keys * HKV * D * 2 * 2 + 2 * len(lens) * T * HQ * D * 2 + len(lens) * T * T
     return bytes_, 4 * keys * T * HQ * D
@@ -65,11 +67,11 @@ def check(dev):
     return errs
 
 
-def tune(dev, ctx=16384, budget_s=90.0):
-    q, k, v, cl, par = make_inputs([ctx] * B, dev)
+def tune(dev, ctx=16384, budget_s=90.0, T=T, candidates=CANDIDATES):
+    q, k, v, cl, par = make_inputs([ctx] * B, dev, T=T)
     anc = ancestor_mask(par)
     best, log = None, []
-    for c in CANDIDATES:
+    for c in candidates:
         if elapsed() > budget_s:
             print("  tree tuning: time budget reached")
             break
@@ -86,7 +88,7 @@ def tune(dev, ctx=16384, budget_s=90.0):
     return best[0], log
 
 
-def sdpa_baselines(q, k, v, cl, par):
+def sdpa_baselines(q, k, v, cl, par, T=T):
     """torch SDPA with an explicit [B, 1, T, S] bool mask, inputs pre-laid-out as SDPA wants
     ([B, H, S, D]); variant 1 enable_gqa, variant 2 K/V pre-expanded to Hq heads."""
     b, s_max = q.shape[0], k.shape[1]
@@ -117,25 +119,29 @@ def sdpa_baselines(q, k, v, cl, par):
     return res
 
 
-def bench(dev, cfg):
+def bench(dev, cfg, T=T, contexts=(8192, 16384, 32768)):
     rows = []
     gen = torch.Generator().manual_seed(1)
-    shapes = [("uniform", [c] * B) for c in (8192, 16384, 32768)]
+    shapes = [("uniform", [c] * B) for c in contexts]
     shapes.append(("ragged", torch.randint(8192, 32769, (B,), generator=gen).tolist()))
     for name, lens in shapes:
-        q, k, v, cl, par = make_inputs(lens, dev, seed=len(name))
+        q, k, v, cl, par = make_inputs(lens, dev, seed=len(name), T=T)
         anc = ancestor_mask(par)
         t = bench_us(lambda: tree_attention(q, k, v, cl, par, anc=anc, config=cfg), rep_ms=200)
         t_anc = bench_us(lambda: tree_attention(q, k, v, cl, par, config=cfg), rep_ms=100)
-        base = sdpa_baselines(q, k, v, cl, par)
+        t_graph = graph_us(lambda: tree_attention(q, k, v, cl, par, anc=anc, config=cfg))
+        base = sdpa_baselines(q, k, v, cl, par, T=T)
         ok = {n: x for n, x in base.items() if x is not None and n.startswith("sdpa_mask")}
         bname = min(ok, key=ok.get) if ok else "sdpa_mask (failed)"
-        bytes_, flops = counts(lens)
+        bytes_, flops = counts(lens, T=T)
+        floor_us = 1e6 * max(bytes_ / 4.19e12, flops / 772e12)    # roofline: the larger of the two
         shape = {"B": B, "T": T, "Hq": HQ, "Hkv": HKV, "D": D, "lens": name,
                  "ctx_max": max(lens), "ctx_mean": sum(lens) / len(lens)}
         rows.append(row("tree_attention", shape, t, bytes_, flops, bname, ok.get(bname),
-                        baselines_us=base, time_with_mask_build_us=round(t_anc, 2), config=cfg))
-        print(f"  tree {name} ctx {max(lens)}: {t:.1f} us (incl. mask build {t_anc:.1f}), "
+                        baselines_us=base, time_with_mask_build_us=round(t_anc, 2), config=cfg,
+                        graph_time_us=t_graph and round(t_graph, 2), roofline_frac=round(floor_us / t, 4),
+                        hbm_frac_graph=t_graph and round(bytes_ / (t_graph * 1e-6) / 4.19e12, 4)))
+        print(f"  tree {name} ctx {max(lens)}: {t:.1f} us (incl. mask build {t_anc:.1f}, graph {t_graph}), "
               f"hbm {rows[-1]['hbm_frac']:.3f}, flop {rows[-1]['flop_frac']:.3f}; baselines {base}")
         del q, k, v
         torch.cuda.empty_cache()

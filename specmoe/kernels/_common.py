@@ -28,14 +28,19 @@ def empty(shape, dtype, device) -> torch.Tensor:
     """torch.empty, or a poisoned buffer when SPECMOE_KERNELS_POISON is set."""
     if not POISON:
         return torch.empty(shape, dtype=dtype, device=device)
-    fill = float("nan") if dtype.is_floating_point else INT_POISON
+    fill = float("nan") if dtype.is_floating_point else max(INT_POISON, torch.iinfo(dtype).min)
     return torch.full(shape, fill, dtype=dtype, device=device)
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return _cuda_name(torch.cuda.current_device() if device.index is None else device.index)
     return "cpu"
+
+
+@lru_cache(maxsize=None)
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
 
 
 @lru_cache(maxsize=1)

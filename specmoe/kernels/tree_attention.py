@@ -80,9 +80,9 @@ def _tree_attn_fwd(
         cols = s + cols0
         k = tl.load(k_base + cols[:, None] * stride_ks + d[None, :])
         v = tl.load(v_base + cols[:, None] * stride_vs + d[None, :])
-        qk = tl.dot(q, tl.trans(k).to(q.dtype)) * qk_scale                      # [BLOCK_M, BLOCK_N]
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_new[:, None])
+        qk = tl.dot(q, tl.trans(k).to(q.dtype))                    # [BLOCK_M, BLOCK_N]
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])          # one FMA per score
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype).to(q.dtype), v.to(q.dtype))
@@ -145,23 +145,39 @@ def _merge_splits(
     tl.store(Out + b * stride_ob + t * stride_ot + h * stride_oh + d, out.to(Out.dtype.element_ty))
 
 
-def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
-    """Ancestor-or-self relation of a tree by pointer doubling.
+@triton.jit
+def _ancestors(
+    Parents, Anc,
+    T, stride_pb, stride_ab, stride_at,
+    T_POW2: tl.constexpr,
+):
+    """One program per tree: every row walks up its parent chain T times (depth < T),
+    marking each node it visits; rows that reached the root keep cur = -1."""
+    b = tl.program_id(0)
+    i = tl.arange(0, T_POW2)
+    ok = i < T
+    cur = tl.where(ok, i, -1)
+    anc = tl.zeros([T_POW2, T_POW2], tl.int8)
+    for _ in range(0, T):
+        anc = tl.where(i[None, :] == cur[:, None], 1, anc).to(tl.int8)
+        live = (cur >= 0) & (cur < T)
+        cur = tl.load(Parents + b * stride_pb + cur, mask=live, other=-1).to(tl.int32)
+    tl.store(Anc + b * stride_ab + i[:, None] * stride_at + i[None, :], anc, mask=ok[:, None] & ok[None, :])
 
-    parents: [B, T] int, parents[b, 0] = -1 (root), parents[b, i] < i.
-    Returns anc: [B, T, T] int8 with anc[b, i, j] = 1 iff j is i or an ancestor of i.
-    After step k, anc holds ancestors within distance < 2^k and `jump` is the 2^k-th ancestor.
+
+def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
+    """Ancestor-or-self relation of each sequence's tree.
+
+    parents: [B, T] int, parents[b, 0] = -1 (root), parents[b, i] < i (not checked on device;
+    out-of-range parents end the walk). Returns anc: [B, T, T] int8, anc[b, i, j] = 1 iff j is i
+    or an ancestor of i.
     """
     B, T = parents.shape
-    idx = torch.arange(T, device=parents.device)
-    anc = torch.eye(T, dtype=torch.bool, device=parents.device).expand(B, T, T).clone()
-    jump = parents.long()
-    for _ in range(max(T - 1, 1).bit_length()):
-        has = jump >= 0                                             # [B, T]
-        src = torch.where(has, jump, idx)                           # [B, T]
-        anc = anc | (torch.gather(anc, 1, src[:, :, None].expand(B, T, T)) & has[:, :, None])
-        jump = torch.where(has, torch.gather(jump, 1, src), jump)
-    return anc.to(torch.int8)
+    par = parents.to(torch.int32).contiguous()
+    anc = empty((B, T, T), torch.int8, parents.device)
+    _ancestors[(B,)](par, anc, T, par.stride(0), anc.stride(0), anc.stride(1),
+                     T_POW2=max(16, triton.next_power_of_2(T)))
+    return anc
 
 
 def _check(q, k_cache, v_cache, cache_lens, parents):

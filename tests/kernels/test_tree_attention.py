@@ -26,7 +26,7 @@ def test_ancestor_mask_hand_case():
     assert anc.sum().item() == 1 + 2 + 2 + 3 + 4
 
 
-@pytest.mark.parametrize("T", [1, 9, 33])
+@pytest.mark.parametrize("T", [1, 9, 33, 128])
 def test_ancestor_mask_matches_walk(T):
     gen = torch.Generator().manual_seed(T)
     parents = random_parents(gen, 3, T)
