@@ -37,13 +37,13 @@ def random_parents(B, T, gen):
     return p
 
 
-def make_inputs(lens, dev, seed=0, T=T):
+def make_inputs(lens, dev, seed=0, T=T, dtype=torch.bfloat16):
     b = len(lens)
     gen = torch.Generator().manual_seed(seed)
     s_max = max(lens) + T
-    q = torch.randn(b, T, HQ, D, device=dev, dtype=torch.bfloat16)
-    k = torch.randn(b, s_max, HKV, D, device=dev, dtype=torch.bfloat16)
-    v = torch.randn(b, s_max, HKV, D, device=dev, dtype=torch.bfloat16)
+    q = torch.randn(b, T, HQ, D, device=dev, dtype=dtype)
+    k = torch.randn(b, s_max, HKV, D, device=dev, dtype=dtype)
+    v = torch.randn(b, s_max, HKV, D, device=dev, dtype=dtype)
     parents = random_parents(b, T, gen).to(dev)
     return q, k, v, torch.tensor(lens, dtype=torch.int32, device=dev), parents
 
@@ -55,15 +55,18 @@ def counts(lens, T=T):
 
 
 def check(dev):
-    """Rel. error vs the fp32 masked-SDPA reference on two ragged shapes (one per split mode)."""
+    """Rel. error vs the fp32 masked-SDPA reference: ragged lengths, both split modes, T = 128,
+    fp16, and the stored config at the benchmark shape."""
     errs = {}
-    for lens, cfg in (([1000, 17, 3000, 64], cfg_of((128, 64, 8, 2, 1))),
-                      ([8192, 5000, 0, 777], cfg_of((64, 64, 4, 2, 2))),
-                      ([8192] * B, None)):
-        q, k, v, cl, par = make_inputs(lens, dev, seed=len(lens))
+    for lens, t, dtype, cfg in (([1000, 17, 3000, 64], 64, torch.bfloat16, cfg_of((128, 64, 8, 2, 1))),
+                                ([8192, 5000, 0, 777], 64, torch.bfloat16, cfg_of((64, 64, 4, 2, 2))),
+                                ([3000, 100, 2500], 128, torch.bfloat16, cfg_of((128, 64, 8, 3, 2))),
+                                ([2000, 500], 37, torch.float16, cfg_of((64, 64, 4, 3, 4))),
+                                ([8192] * B, 64, torch.bfloat16, None)):
+        q, k, v, cl, par = make_inputs(lens, dev, seed=len(lens), T=t, dtype=dtype)
         out = torch.full_like(q, float("nan"))
         tree_attention(q, k, v, cl, par, out=out, config=cfg)
-        errs[str(lens[:4])] = rel_err(out, tree_attention_ref(q, k, v, cl, par))
+        errs[f"{lens[:4]}_T{t}_{dtype}"] = rel_err(out, tree_attention_ref(q, k, v, cl, par))
     return errs
 
 
