@@ -31,7 +31,7 @@ def write_json(path: Path, obj) -> None:
 def stored_tables(dev_name):
     t = _common._load_configs().get("devices", {}).get(dev_name, {})
     key = f"E{bm.E}_H{bm.H}_F{bm.FF}"
-    return (t.get("tree_attention", {}).get(f"T{bt.T}_G{bt.HQ // bt.HKV}_D{bt.D}"),
+    return (t.get("tree_attention", {}).get(f"G{bt.HQ // bt.HKV}_D{bt.D}", {}).get(str(bt.T)),
             t.get("moe_gate_up", {}).get(key), t.get("moe_down", {}).get(key))
 
 
@@ -68,8 +68,7 @@ def main() -> int:
     if not args.skip_tune or tab_gu is None:
         tab_gu, tab_dn, tuning["moe"] = bm.tune(dev, w13, w2, budget_s=0.75 * args.budget)
     configs = {"version": 1, "devices": {name: {
-        "tree_attention": {f"T{bt.T}_G{bt.HQ // bt.HKV}_D{bt.D}": tree_cfg,
-                           f"T16_G{bt.HQ // bt.HKV}_D{bt.D}": tree16_cfg},
+        "tree_attention": {f"G{bt.HQ // bt.HKV}_D{bt.D}": {str(bt.T): tree_cfg, "16": tree16_cfg}},
         "moe_gate_up": {f"E{bm.E}_H{bm.H}_F{bm.FF}": tab_gu},
         "moe_down": {f"E{bm.E}_H{bm.H}_F{bm.FF}": tab_dn}}}}
     write_json(out / "configs.json", configs)

@@ -8,6 +8,8 @@ the all-to-all split sizes.
   topk_ids [M, k], expert2rank [E]  ->  send_counts [R], send2token [S_max], token2slot [M, R],
                                         x_send [S_max, H] (rows past sum(send_counts) unused)
 with S_max = M * min(k, R). The combine after the return all-to-all reads token2slot.
+Three launches, all parallel over token blocks: count per (block, rank); prefix sums and slots;
+row gather.
 """
 from __future__ import annotations
 
@@ -32,32 +34,44 @@ def _token_dest(TopkIds, Expert2Rank, tok, tok_ok, E, ranks,
 
 
 @triton.jit
-def _pack_index(
-    TopkIds, Expert2Rank, SendCounts, Send2Token, Token2Slot,
+def _pack_count(
+    TopkIds, Expert2Rank, BlockCounts,
     M, E, R,
     TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, R_POW2: tl.constexpr,
 ):
-    """One program per rank r: counts for all ranks (for r's offset), then r's slots in order."""
-    r = tl.program_id(0)
+    """BlockCounts[blk, r] = number of tokens of token block blk sent to rank r."""
+    blk = tl.program_id(0)
     ranks = tl.arange(0, R_POW2)
-    lane = tl.arange(0, BLOCK_T)
-    counts = tl.zeros([R_POW2], tl.int32)
-    for s in range(0, M, BLOCK_T):
-        tok = s + lane
-        counts += tl.sum(_token_dest(TopkIds, Expert2Rank, tok, tok < M, E, ranks,
-                                     TOP_K, BLOCK_T, R_POW2), 0)
-    offset = tl.sum(tl.where(ranks < r, counts, 0), 0)
-    seen = 0
-    for s in range(0, M, BLOCK_T):
-        tok = s + lane
-        tok_ok = tok < M
-        dest = _token_dest(TopkIds, Expert2Rank, tok, tok_ok, E, ranks, TOP_K, BLOCK_T, R_POW2)
-        mine = tl.sum(tl.where(ranks[None, :] == r, dest, 0), 1) > 0   # [BLOCK_T]
-        slot = offset + seen + tl.cumsum(mine.to(tl.int32), 0) - 1
-        tl.store(Send2Token + slot, tok, mask=mine)
-        tl.store(Token2Slot + tok * R + r, tl.where(mine, slot, -1), mask=tok_ok)
-        seen += tl.sum(mine.to(tl.int32), 0)
-    tl.store(SendCounts + ranks, counts, mask=(ranks < R) & (ranks * 0 + r == 0))
+    tok = blk * BLOCK_T + tl.arange(0, BLOCK_T)
+    dest = _token_dest(TopkIds, Expert2Rank, tok, tok < M, E, ranks, TOP_K, BLOCK_T, R_POW2)
+    tl.store(BlockCounts + blk * R_POW2 + ranks, tl.sum(dest, 0))
+
+
+@triton.jit
+def _pack_index(
+    TopkIds, Expert2Rank, BlockCounts, SendCounts, Send2Token, Token2Slot,
+    M, E, R, num_blocks,
+    TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, R_POW2: tl.constexpr, NB_POW2: tl.constexpr,
+):
+    """slot(token t, rank r) = (tokens of ranks < r) + (tokens of r in earlier blocks)
+    + (tokens of r before t in t's block): two prefix sums over BlockCounts, one in the block."""
+    blk = tl.program_id(0)
+    ranks = tl.arange(0, R_POW2)
+    blocks = tl.arange(0, NB_POW2)
+    counts = tl.load(BlockCounts + blocks[:, None] * R_POW2 + ranks[None, :],
+                     mask=(blocks < num_blocks)[:, None], other=0)      # [NB_POW2, R_POW2]
+    totals = tl.sum(counts, 0)                                          # [R_POW2]
+    rank_off = tl.cumsum(totals, 0) - totals
+    before = tl.sum(tl.where((blocks < blk)[:, None], counts, 0), 0)
+    tok = blk * BLOCK_T + tl.arange(0, BLOCK_T)
+    tok_ok = tok < M
+    dest = _token_dest(TopkIds, Expert2Rank, tok, tok_ok, E, ranks, TOP_K, BLOCK_T, R_POW2)
+    slot = (rank_off + before)[None, :] + tl.cumsum(dest, 0) - dest    # [BLOCK_T, R_POW2]
+    sent = dest > 0
+    tl.store(Send2Token + slot, tl.zeros_like(slot) + tok[:, None], mask=sent)
+    tl.store(Token2Slot + tok[:, None] * R + ranks[None, :], tl.where(sent, slot, -1),
+             mask=tok_ok[:, None] & (ranks < R)[None, :])
+    tl.store(SendCounts + ranks, totals, mask=(ranks < R) & (ranks * 0 + blk == 0))
 
 
 @triton.jit
@@ -96,9 +110,13 @@ def pack_by_rank(x: torch.Tensor, topk_ids: torch.Tensor, expert2rank: torch.Ten
     token2slot = empty((M, R), torch.int32, dev)
     x_send = empty((s_max, H), x.dtype, dev)
     r_pow2 = triton.next_power_of_2(R)
-    _pack_index[(R,)](topk_ids.to(torch.int32).contiguous(), expert2rank.to(torch.int32).contiguous(),
-                      send_counts, send2token, token2slot, M, E, R,
-                      TOP_K=k, BLOCK_T=128, R_POW2=r_pow2)
+    block_t = max(64, triton.next_power_of_2(triton.cdiv(M, 1024)))    # at most 1024 token blocks
+    nb = max(triton.cdiv(M, block_t), 1)
+    ids, e2r = topk_ids.to(torch.int32).contiguous(), expert2rank.to(torch.int32).contiguous()
+    block_counts = empty((nb, r_pow2), torch.int32, dev)
+    _pack_count[(nb,)](ids, e2r, block_counts, M, E, R, TOP_K=k, BLOCK_T=block_t, R_POW2=r_pow2)
+    _pack_index[(nb,)](ids, e2r, block_counts, send_counts, send2token, token2slot, M, E, R, nb,
+                       TOP_K=k, BLOCK_T=block_t, R_POW2=r_pow2, NB_POW2=triton.next_power_of_2(nb))
     block_h = min(1024, triton.next_power_of_2(H))
     _gather_rows[(s_max, triton.cdiv(H, block_h))](x, send2token, send_counts, x_send, H, R,
                                                    x.stride(0), x_send.stride(0),

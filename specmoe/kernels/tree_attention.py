@@ -215,7 +215,7 @@ def tree_attention(q, k_cache, v_cache, cache_lens, parents, *, sm_scale=None, o
     """
     B, T, HQ, HKV, D = _check(q, k_cache, v_cache, cache_lens, parents)
     G = HQ // HKV
-    cfg = config or lookup("tree_attention", q.device, f"T{T}_G{G}_D{D}", None, DEFAULT_CONFIG)
+    cfg = config or lookup("tree_attention", q.device, f"G{G}_D{D}", T, DEFAULT_CONFIG)   # nearest tuned T
     anc = ancestor_mask(parents) if anc is None else anc
     out = empty((B, T, HQ, D), q.dtype, q.device) if out is None else out
     m_blocks = triton.cdiv(T * G, cfg["BLOCK_M"])

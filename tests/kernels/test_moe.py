@@ -69,7 +69,7 @@ def test_fused_moe_uses_gate_weights():
     assert rel_err(a, b.float()) > 0.1
 
 
-@pytest.mark.parametrize("M,H,E,k,R", [(1, 32, 4, 2, 2), (37, 48, 12, 3, 5), (64, 16, 8, 2, 8), (9, 40, 6, 6, 3)])
+@pytest.mark.parametrize("M,H,E,k,R", [(1, 32, 4, 2, 2), (37, 48, 12, 3, 5), (64, 16, 8, 2, 8), (9, 40, 6, 6, 3), (300, 8, 16, 4, 4)])
 def test_pack_by_rank_matches_reference(M, H, E, k, R):
     gen = torch.Generator().manual_seed(M * 7 + R)
     x = torch.randn(M, H, generator=gen).bfloat16()

@@ -81,3 +81,16 @@ def test_bad_shapes_raise():
     k = torch.randn(1, 10, 2, 32).bfloat16()
     with pytest.raises(ValueError):
         tree_attention(q, k, k, torch.tensor([2]), torch.tensor([[-1, 0, 0, 0]]))
+
+
+def test_default_config_path():
+    """No config given: the wrapper looks one up (none for the CPU) and picks splits itself."""
+    gen = torch.Generator().manual_seed(11)
+    B, T, HQ, HKV, D = 2, 4, 4, 2, 16
+    q = torch.randn(B, T, HQ, D, generator=gen).bfloat16()
+    k = torch.randn(B, 90, HKV, D, generator=gen).bfloat16()
+    v = torch.randn(B, 90, HKV, D, generator=gen).bfloat16()
+    lens = torch.tensor([80, 33], dtype=torch.int32)
+    parents = random_parents(gen, B, T)
+    out = tree_attention(q, k, v, lens, parents)
+    assert rel_err(out, tree_attention_ref(q, k, v, lens, parents)) <= 1e-2
