@@ -182,4 +182,13 @@ def bench_pack(dev):
                         (m + sends) * H * 2, 0, "torch_scatter_nonzero_gather", tb,
                         graph_time_us=tg and round(tg, 2)))
         print(f"  pack m={m} E={e} k={k} R={r}: {t:.1f} us (graph {tg}), torch {tb}")
+    for m, e, k, bm in ((64, 8, 2, 16), (4096, 8, 2, 64), (4096, 128, 8, 64)):
+        gen = torch.Generator().manual_seed(m + e)
+        ids = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(m)]).to(dev)
+        t = bench_us(lambda: moe_k.moe_align(ids, e, bm), rep_ms=100)
+        tg = graph_us(lambda: moe_k.moe_align(ids, e, bm))
+        tb = try_time(lambda: torch.sort(ids.flatten(), stable=True), rep_ms=100)
+        rows.append(row("moe_align", {"M": m, "E": e, "top_k": k, "BLOCK_M": bm}, t, m * k * 4 * 3, 0,
+                        "torch_stable_sort_only", tb, graph_time_us=tg and round(tg, 2)))
+        print(f"  align m={m} E={e} k={k}: {t:.1f} us (graph {tg}), torch sort {tb}")
     return rows, errs

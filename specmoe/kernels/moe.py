@@ -156,8 +156,10 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     block2expert = empty((p_max // block_m,), torch.int32, dev)
     pair2sorted = empty((n,), torch.int32, dev)
     num_padded = empty((1,), torch.int32, dev)
+    e_pow2 = triton.next_power_of_2(num_experts)
+    block = min(256, max(32, 8192 // e_pow2))    # keeps the [BLOCK, E] one-hot at <= 8K elements
     _moe_align[(num_experts,)](ids, sorted2pair, block2expert, pair2sorted, num_padded, n, num_experts,
-                               BLOCK_M=block_m, BLOCK=256, E_POW2=triton.next_power_of_2(num_experts))
+                               BLOCK_M=block_m, BLOCK=block, E_POW2=e_pow2)
     return sorted2pair, block2expert, pair2sorted, num_padded
 
 

@@ -18,7 +18,8 @@ def routing(gen, M, E, k, drop=0):
     return ids, weights
 
 
-@pytest.mark.parametrize("M,E,k,block_m", [(1, 4, 2, 16), (13, 5, 2, 16), (40, 8, 3, 32), (7, 3, 1, 16)])
+@pytest.mark.parametrize("M,E,k,block_m", [(1, 4, 2, 16), (13, 5, 2, 16), (40, 8, 3, 32), (7, 3, 1, 16),
+                                           (20, 128, 8, 16)])   # 160 pairs in 64-pair chunks
 def test_align_matches_reference(M, E, k, block_m):
     gen = torch.Generator().manual_seed(M * 31 + E)
     ids, _ = routing(gen, M, E, k, drop=min(2, M - 1))
