@@ -30,6 +30,24 @@ DEFAULT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2,
 
 
 @triton.jit
+def _kv_tile(X, b, kvh, s, stride_b, stride_s, stride_h, cols, d, col_ok,
+             MASKED: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+    """K or V tile [BLOCK_N, D] of keys s .. s + BLOCK_N; masked tiles zero keys past col_ok
+    (the slots there may hold stale or poisoned data, and 0 * NaN would leak into P V)."""
+    if TMA:                                      # X is a TensorDescriptor over [B, S_max, H_kv, D]
+        x = X.load([b.to(tl.int32), s, kvh, 0]).reshape(BLOCK_N, D)
+        if MASKED:
+            x = tl.where(col_ok[:, None], x, 0.0)
+    else:
+        ptr = X + b * stride_b + kvh * stride_h + cols[:, None] * stride_s + d[None, :]
+        if MASKED:
+            x = tl.load(ptr, mask=col_ok[:, None], other=0.0)
+        else:
+            x = tl.load(ptr)
+    return x
+
+
+@triton.jit
 def _tree_attn_fwd(
     # pointers
     Q, K, V, Lens, Anc, Out, Opart, Lse,
@@ -45,11 +63,12 @@ def _tree_attn_fwd(
     # meta-parameters
     G: tl.constexpr, D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, UPCAST: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_s = tl.program_id(2)
-    b = pid_bh // HKV
+    b = (pid_bh // HKV).to(tl.int64)             # int64: B * S_max * H_kv * D may pass 2^31
     kvh = pid_bh % HKV
     L = tl.load(Lens + b)
     n_keys = L + T
@@ -69,8 +88,6 @@ def _tree_attn_fwd(
                 mask=row_ok[:, None], other=0.0)
     if UPCAST:                                   # interpreter: its bf16 tl.dot is wrong
         q = q.to(tl.float32)
-    k_base = K + b * stride_kb + kvh * stride_kh
-    v_base = V + b * stride_vb + kvh * stride_vh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -78,8 +95,8 @@ def _tree_attn_fwd(
 
     for s in tl.range(start, full_end, BLOCK_N):
         cols = s + cols0
-        k = tl.load(k_base + cols[:, None] * stride_ks + d[None, :])
-        v = tl.load(v_base + cols[:, None] * stride_vs + d[None, :])
+        k = _kv_tile(K, b, kvh, s, stride_kb, stride_ks, stride_kh, cols, d, None, False, TMA, BLOCK_N, D)
+        v = _kv_tile(V, b, kvh, s, stride_vb, stride_vs, stride_vh, cols, d, None, False, TMA, BLOCK_N, D)
         qk = tl.dot(q, tl.trans(k).to(q.dtype))                    # [BLOCK_M, BLOCK_N]
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         p = tl.math.exp2(qk * qk_scale - m_new[:, None])          # one FMA per score
@@ -91,8 +108,8 @@ def _tree_attn_fwd(
     for s in tl.range(full_end, end, BLOCK_N):
         cols = s + cols0
         col_ok = cols < end
-        k = tl.load(k_base + cols[:, None] * stride_ks + d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(v_base + cols[:, None] * stride_vs + d[None, :], mask=col_ok[:, None], other=0.0)
+        k = _kv_tile(K, b, kvh, s, stride_kb, stride_ks, stride_kh, cols, d, col_ok, True, TMA, BLOCK_N, D)
+        v = _kv_tile(V, b, kvh, s, stride_vb, stride_vs, stride_vh, cols, d, col_ok, True, TMA, BLOCK_N, D)
         j = cols - L                                                # tree index of the key
         in_tree = (j >= 0) & col_ok
         anc = tl.load(Anc + b * stride_ab + t[:, None] * stride_at + j[None, :],
@@ -227,8 +244,13 @@ def tree_attention(q, k_cache, v_cache, cache_lens, parents, *, sm_scale=None, o
     else:
         opart = lse = out                                           # unused
     scale = (D ** -0.5 if sm_scale is None else sm_scale) * LOG2E
+    k_arg, v_arg = k_cache, v_cache
+    if cfg.get("tma"):                            # Hopper bulk tensor copies for the K/V tiles
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        k_arg = TensorDescriptor.from_tensor(k_cache, [1, cfg["BLOCK_N"], 1, D])
+        v_arg = TensorDescriptor.from_tensor(v_cache, [1, cfg["BLOCK_N"], 1, D])
     _tree_attn_fwd[(m_blocks, B * HKV, splits)](
-        q, k_cache, v_cache, cache_lens.to(torch.int32), anc, out, opart, lse,
+        q, k_arg, v_arg, cache_lens.to(torch.int32), anc, out, opart, lse,
         T, HKV,
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -237,6 +259,7 @@ def tree_attention(q, k_cache, v_cache, cache_lens, parents, *, sm_scale=None, o
         out.stride(0), out.stride(1), out.stride(2),
         scale,
         G=G, D=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], SPLITS=splits, UPCAST=INTERPRET,
+        TMA=bool(cfg.get("tma")),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if splits > 1:

@@ -25,7 +25,7 @@ def test_shipped_configs_are_well_formed():
         for kernel, shapes in kernels.items():
             for buckets in shapes.values():
                 for key, cfg in buckets.items():
-                    assert int(key) > 0 and set(cfg) == need[kernel], (kernel, key, cfg)
+                    assert int(key) > 0 and set(cfg) - {"tma"} == need[kernel], (kernel, key, cfg)
         for key in kernels["moe_gate_up"]:                  # one alignment for both GEMMs
             for m, cfg in kernels["moe_gate_up"][key].items():
                 assert kernels["moe_down"][key][m]["BLOCK_M"] == cfg["BLOCK_M"]

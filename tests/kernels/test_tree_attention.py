@@ -34,8 +34,9 @@ def test_ancestor_mask_matches_walk(T):
 
 
 CASES = [
-    # B, T, Hq, Hkv, D, lens, dtype, BLOCK_M, BLOCK_N, splits
+    # B, T, Hq, Hkv, D, lens, dtype, BLOCK_M, BLOCK_N, splits[, tma]
     (2, 5, 4, 2, 32, [19, 40], torch.bfloat16, 16, 16, 1),
+    (3, 9, 4, 2, 32, [50, 3, 77], torch.bfloat16, 32, 16, 2, True),   # K/V through tensor descriptors
     (3, 7, 4, 1, 32, [37, 0, 130], torch.bfloat16, 16, 16, 4),   # ragged, an empty context
     (2, 16, 2, 2, 64, [64, 3], torch.float16, 32, 32, 2),        # MHA, fp16
     (1, 12, 8, 2, 16, [250], torch.bfloat16, 64, 32, 8),         # many splits, M tile > T*G rows
@@ -44,7 +45,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 def test_tree_attention_matches_masked_sdpa(case):
-    B, T, HQ, HKV, D, lens, dtype, bm, bn, splits = case
+    B, T, HQ, HKV, D, lens, dtype, bm, bn, splits, *tma = case
     gen = torch.Generator().manual_seed(sum(lens) + T)
     S = max(lens) + T + 5
     q = torch.randn(B, T, HQ, D, generator=gen).to(dtype)
@@ -53,7 +54,9 @@ def test_tree_attention_matches_masked_sdpa(case):
     parents = random_parents(gen, B, T)
     cache_lens = torch.tensor(lens, dtype=torch.int32)
     out = torch.full((B, T, HQ, D), float("nan"), dtype=dtype)
-    cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4, "num_stages": 1, "num_splits": splits}
+    cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4, "num_stages": 1, "num_splits": splits, "tma": bool(tma)}
+    k[:, max(lens) + T:] = float("nan")           # slots past every sequence's keys must not leak
+    v[:, max(lens) + T:] = float("nan")
     tree_attention(q, k, v, cache_lens, parents, out=out, config=cfg)
     ref = tree_attention_ref(q, k, v, cache_lens, parents)
     assert rel_err(out, ref) <= 1e-2
