@@ -1,8 +1,9 @@
 """One GPU call: check correctness, tune a small config set, benchmark everything.
 
-Writes under OUT (default benchmarks/results): kernels_h200.json (result rows), configs.json
-(tuned configs keyed by device and shape, the format of specmoe/kernels/configs.json),
-kernels_tuning.json (every config timed) and prints a table.
+Writes under OUT (default benchmarks/results): kernels_h200.json (the list of result rows
+{kernel, shape, time_us, hbm_frac, baseline, baseline_time_us, ...}), kernels_h200_meta.json
+(device, versions, command, GPU correctness checks, every tuning config timed), configs.json
+(tuned configs keyed by device and shape, copied to specmoe/kernels/configs.json) and prints a table.
 Usage: PYTHONPATH=. python benchmarks/kernels_run.py [--out DIR] [--budget SECONDS] [--skip-tune]
 """
 from __future__ import annotations
@@ -61,7 +62,7 @@ def main() -> int:
     tree16_cfg, tuning["tree_attention_T16"] = bt.tune(dev, ctx=32768, budget_s=0.35 * args.budget, T=16,
                                                         candidates=bt.CANDIDATES_T16)
     rows += bt.bench(dev, tree16_cfg, T=16, contexts=(32768,))
-    write_json(out / "kernels_h200.json", {"meta": meta, "checks": checks, "results": rows})
+    write_json(out / "kernels_h200.json", rows)
     print(f"tree done t={elapsed():.0f}s")
 
     w13, w2 = bm.make_weights(dev)
@@ -72,7 +73,7 @@ def main() -> int:
         "moe_gate_up": {f"E{bm.E}_H{bm.H}_F{bm.FF}": tab_gu},
         "moe_down": {f"E{bm.E}_H{bm.H}_F{bm.FF}": tab_dn}}}}
     write_json(out / "configs.json", configs)
-    write_json(out / "kernels_tuning.json", tuning)
+    write_json(out / "kernels_h200_meta.json", {"meta": meta, "checks": checks, "tuning": tuning})
     checks["moe"] = bm.check(dev, w13, w2, tab_gu, tab_dn)
     print("moe check", checks["moe"], f"t={elapsed():.0f}s")
     rows += bm.bench(dev, w13, w2, tab_gu, tab_dn)
@@ -80,7 +81,8 @@ def main() -> int:
     torch.cuda.empty_cache()
     pack_rows, checks["pack"] = bm.bench_pack(dev)
     rows += pack_rows
-    write_json(out / "kernels_h200.json", {"meta": meta, "checks": checks, "results": rows})
+    write_json(out / "kernels_h200.json", rows)
+    write_json(out / "kernels_h200_meta.json", {"meta": meta, "checks": checks, "tuning": tuning})
 
     print(f"\n{'kernel':16} {'shape':44} {'time_us':>9} {'graph_us':>9} {'hbm':>6} {'flop':>6} {'baseline':>26} {'base_us':>9}")
     for r in rows:

@@ -214,6 +214,12 @@ def _check(q, k_cache, v_cache, cache_lens, parents):
     return B, T, HQ, HKV, D
 
 
+def _tma_ok(x: torch.Tensor) -> bool:
+    """A tensor descriptor needs a 16-byte-aligned base and 16-byte multiples for outer strides."""
+    esz = x.element_size()
+    return x.data_ptr() % 16 == 0 and all(st * esz % 16 == 0 for st in x.stride()[:-1])
+
+
 def _auto_splits(B, HKV, m_blocks, max_keys, block_n, device) -> int:
     """Enough splits for about two programs per SM, at least 4 key tiles per split."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
@@ -232,7 +238,7 @@ def tree_attention(q, k_cache, v_cache, cache_lens, parents, *, sm_scale=None, o
     """
     B, T, HQ, HKV, D = _check(q, k_cache, v_cache, cache_lens, parents)
     G = HQ // HKV
-    cfg = config or lookup("tree_attention", q.device, f"G{G}_D{D}", T, DEFAULT_CONFIG)   # nearest tuned T
+    cfg = dict(config or lookup("tree_attention", q.device, f"G{G}_D{D}", T, DEFAULT_CONFIG))  # nearest tuned T
     anc = ancestor_mask(parents) if anc is None else anc
     out = empty((B, T, HQ, D), q.dtype, q.device) if out is None else out
     m_blocks = triton.cdiv(T * G, cfg["BLOCK_M"])
@@ -245,7 +251,8 @@ def tree_attention(q, k_cache, v_cache, cache_lens, parents, *, sm_scale=None, o
         opart = lse = out                                           # unused
     scale = (D ** -0.5 if sm_scale is None else sm_scale) * LOG2E
     k_arg, v_arg = k_cache, v_cache
-    if cfg.get("tma"):                            # Hopper bulk tensor copies for the K/V tiles
+    cfg["tma"] = bool(cfg.get("tma")) and _tma_ok(k_cache) and _tma_ok(v_cache)
+    if cfg["tma"]:                               # Hopper bulk tensor copies for the K/V tiles
         from triton.tools.tensor_descriptor import TensorDescriptor
         k_arg = TensorDescriptor.from_tensor(k_cache, [1, cfg["BLOCK_N"], 1, D])
         v_arg = TensorDescriptor.from_tensor(v_cache, [1, cfg["BLOCK_N"], 1, D])
@@ -259,7 +266,7 @@ def tree_attention(q, k_cache, v_cache, cache_lens, parents, *, sm_scale=None, o
         out.stride(0), out.stride(1), out.stride(2),
         scale,
         G=G, D=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], SPLITS=splits, UPCAST=INTERPRET,
-        TMA=bool(cfg.get("tma")),
+        TMA=cfg["tma"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if splits > 1:
