@@ -157,7 +157,7 @@ def _merge_splits(
     m = tl.max(lse, 0)
     w = tl.math.exp2(lse - m)                                       # empty splits: 0
     o = tl.load(Opart + (r * SPLITS + s)[:, None] * D + d[None, :])
-    o = tl.where(w[:, None] > 0, o, 0.0)                            # their o is not written-to-use
+    o = tl.where(w[:, None] > 0, o, 0.0)                            # ignore whatever empty splits hold
     out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
     tl.store(Out + b * stride_ob + t * stride_ot + h * stride_oh + d, out.to(Out.dtype.element_ty))
 
