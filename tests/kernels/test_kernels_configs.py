@@ -29,3 +29,10 @@ def test_shipped_configs_are_well_formed():
         for key in kernels["moe_gate_up"]:                  # one alignment for both GEMMs
             for m, cfg in kernels["moe_gate_up"][key].items():
                 assert kernels["moe_down"][key][m]["BLOCK_M"] == cfg["BLOCK_M"]
+
+
+def test_buffers_are_poisoned_in_tests():
+    """The conftest's poisoning is active, so the kernel tests would see unwritten elements."""
+    assert torch.isnan(_common.empty((3,), torch.float32, "cpu")).all()
+    assert (_common.empty((3,), torch.int8, "cpu") == -128).all()
+    assert (_common.empty((3,), torch.int32, "cpu") == _common.INT_POISON).all()
