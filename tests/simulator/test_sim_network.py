@@ -9,7 +9,7 @@ from specmoe.simulator.network import (all_gather, all_reduce, all_to_all, analy
 from specmoe.simulator.topology import build_topology
 from specmoe.specs import load_cluster
 
-from conftest import switch_cluster
+from tests.simulator._util import switch_cluster
 
 B, LAT, ALPHA = 100e9, 1e-6, 10e-6  # switch_cluster() defaults
 
