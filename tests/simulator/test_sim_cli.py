@@ -82,3 +82,15 @@ def test_serve_sim_json(capsys, tmp_path):
     assert s["served"] == s["requests"] > 0 and 0 <= s["slo_attainment"] <= 1
     assert s["ttft_ms"]["p50"] <= s["ttft_ms"]["p99"]
     assert csv.read_text().startswith("arrival_s,")
+
+
+def test_simulate_runs_without_torch():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['triton'] = None\n"
+            "from specmoe.cli import main\n"
+            "sys.exit(main(['simulate', '--model', 'mixtral-8x7b', '--cluster', 'dgx-h100', "
+            "'--batch', '4', '--network', 'flow', '--json']))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "step_time_us" in p.stdout

@@ -8,7 +8,7 @@ from specmoe.simulator.dispatch import route
 from specmoe.simulator.step import simulate_step
 from specmoe.specs import load_cluster, load_model
 
-from conftest import switch_cluster, tiny_model
+from tests.simulator._util import switch_cluster, tiny_model
 
 
 def ids_of(rows):

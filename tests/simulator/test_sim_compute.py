@@ -9,7 +9,7 @@ from specmoe.simulator.calibration import from_dict, load_calibration
 from specmoe.simulator.compute import ComputeModel, Efficiency
 from specmoe.specs import load_gpu, load_model
 
-from conftest import tiny_model
+from tests.simulator._util import tiny_model
 
 DATA = Path(__file__).parent / "data"
 
