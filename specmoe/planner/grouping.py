@@ -127,14 +127,15 @@ def _swap_gains(X, XT, e2r, home, ep):
 
 
 def kl_refine(X: sp.csr_matrix, e2r: np.ndarray, home: np.ndarray | None, weight: np.ndarray,
-              ep: int, bound: float, max_passes: int = 400) -> np.ndarray:
+              ep: int, bound: float, max_passes: int = 400, improve: bool = True) -> np.ndarray:
     """Swap experts between ranks while it lowers remote copies, under the load bound.
 
     X `[T, E]` incidence; e2r `[E]`; home `[T]` source rank of each token (None: count every
     rank a token touches); weight `[H, E]` (or `[E]`) loads: the bound max/mean <= `bound`
     must hold for every row (the profile and bootstrap resamples of it, so the plan does not
     lean on one sample). While a row breaks the bound, each pass makes the cheapest swap
-    that lightens the heaviest rank. Returns the refined e2r `[E]`."""
+    that lightens the heaviest rank; `improve=False` stops after that repair. Returns the
+    refined e2r `[E]`."""
     e2r = e2r.copy()
     XT = X.T.tocsr()
     w = np.atleast_2d(np.asarray(weight, np.float64))  # [H, E]
@@ -160,6 +161,8 @@ def kl_refine(X: sp.csr_matrix, e2r: np.ndarray, home: np.ndarray | None, weight
                 e2r[a], e2r[b] = e2r[b], e2r[a]
                 continue
             # the bound cannot be repaired by swaps: improve traffic without raising any max
+        if not improve:  # balance repair only
+            break
         capc = np.maximum(cap, load.max(1))[:, None, None]
         ok = (ga != gb) & np.all(new_max <= capc, axis=0)
         gain = np.where(ok, D, 0.0)

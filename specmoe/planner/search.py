@@ -57,7 +57,8 @@ def fit_groups(prof, ep: int, bound: float, seed: int, init: str = "metis",
         if init == "greedy":
             prev = None if l == 0 else trans.T @ np.eye(ep)[e2r[l - 1]]  # [E, ep]
             part = grouping.greedy_layer(W, prev, w[0, l], cap, inner)
-            e2r[l] = grouping.kl_refine(X[l], part, None, w[:, l], ep, inner) if refine else part
+            # greedy + balance repair only (no traffic swaps), to compare at equal balance
+            e2r[l] = grouping.kl_refine(X[l], part, None, w[:, l], ep, inner, improve=refine)
             continue
         best, best_cost = None, np.inf
         for r in range(restarts if ep < E else 1):  # one expert per rank: nothing to search
