@@ -104,7 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- end planner (placement) ----
 
     # ---- planner (draft trees): tree ----
-    # (subcommands of this area go here)
+    p = _cmd(sub, "tree", "specmoe.planner.tree_commands:tree_cmd",
+             "plan the draft tree with the most tokens/s for a model, cluster and acceptance model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--acceptance", required=True, metavar="ACC",
+                   help="inline p_k list (0.6,0.2,0.1) or a JSON file: acceptance trace, {p: [...]} or {alpha: [...]}")
+    p.add_argument("--budget", type=_nonneg_int, help="max draft tokens (default: searched up to 128)")
+    p.add_argument("--max-depth", type=_positive_int, default=10)
+    p.add_argument("--method", default="sequoia",
+                   choices=["sequoia", "recycling", "rsd-c", "rsd-s", "chain", "eagle2"])
+    p.add_argument("--batch", type=_positive_int, default=1, help="concurrent sequences")
+    p.add_argument("--routing", help="routing trace .npz or ESFT folder (default: synthetic)")
+    p.add_argument("--ep", type=_positive_int)
+    p.add_argument("--context-len", type=_positive_int, default=1024)
+    p.add_argument("--draft-params", type=_positive_float, help="draft model parameters (default: EAGLE-style head)")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--output", metavar="TREE.json")
     # ---- end planner (draft trees) ----
 
     # ---- runtime: calibrate, validate ----
