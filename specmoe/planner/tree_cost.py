@@ -167,17 +167,17 @@ def synthetic_routing(model: ModelSpec, num_seqs: int = 32, seq_len: int = 160, 
     """
     E, K, L = model.num_experts, model.top_k, model.num_moe_layers
     rng = np.random.default_rng(seed)
-    ids = np.zeros((num_seqs * seq_len, L, K), np.int32)
-    for s in range(num_seqs):
-        prev = np.stack([rng.choice(E, K, replace=False) for _ in range(L)])  # [L, K]
-        for t in range(seq_len):
-            cur = np.empty((L, K), np.int32)
-            for layer in range(L):
-                keep = prev[layer][rng.random(K) < share]
-                rest = rng.permutation(np.setdiff1d(np.arange(E), keep))[: K - len(keep)]
-                cur[layer] = np.r_[keep, rest]
-            ids[s * seq_len + t] = cur
-            prev = cur
+    ids = np.zeros((num_seqs, seq_len, L, K), np.int32)
+    prev = np.argsort(rng.random((num_seqs, L, E)), axis=-1)[..., :K]  # [S, L, K]
+    for t in range(seq_len):
+        # kept experts get score 2 (> any uniform draw), so top-K keeps them and fills uniformly
+        score = rng.random((num_seqs, L, E))  # [S, L, E]
+        keep = rng.random((num_seqs, L, K)) < share
+        np.put_along_axis(score, prev, np.where(keep, 2.0, np.take_along_axis(score, prev, -1)), -1)
+        cur = np.argsort(-score, axis=-1, kind="stable")[..., :K]
+        ids[:, t] = cur
+        prev = cur
+    ids = ids.reshape(num_seqs * seq_len, L, K)
     w = np.full(ids.shape, 1.0 / K, np.float32)
     seq_id = np.repeat(np.arange(num_seqs), seq_len)
     pos = np.tile(np.arange(seq_len), num_seqs)
