@@ -1,0 +1,216 @@
+"""Speculative decoding in the simulator: a loop of draft + verify steps over the MoE layers.
+
+Each decode step of a batch of sequences:
+  1. draft phase: one draft-model forward per tree level (`DraftCost`; zero for Token Recycling);
+  2. verify phase: one forward through the MoE layers with the 1 + n tree tokens of every
+     sequence (`simulate_step`; each sequence's routing is a window of consecutive tokens of one
+     sequence of the routing trace, so expert activation grows with the tree as it does in
+     practice; see specmoe.planner.tree_cost);
+  3. each sequence advances by the accepted path plus the bonus token, drawn from the
+     acceptance model with a seeded Generator (`sample_accepted`).
+
+`SpecDecodeHook` is the per-iteration cost the serving loop asks for: the time of one decode
+iteration for a batch and how many tokens each request advances.
+
+Online speculative decoding (OSD; Liu et al. 2023, arXiv:2310.07177): the draft is distilled
+on served traffic, so its acceptance rate rises with distilled tokens along a saturating curve
+alpha(t) = a_inf - (a_inf - a0) * exp(-t / tau), fitted with scipy's curve_fit. Distillation
+costs 6 * draft_params FLOPs per token (forward + backward), paid from the GPUs' idle compute in
+each step; what does not fit is charged as extra step time. `online_specdec` reports when it pays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from specmoe.errors import InputError
+from specmoe.planner.acceptance import Acceptance, geometric
+from specmoe.planner.tree_cost import DraftCost, VerifyCost, ceil_div, simulate_step
+from specmoe.planner.trees import Tree, expected_accepted, load_tree, sample_accepted
+from specmoe.specs import ClusterSpec, ModelSpec, load_gpu
+from specmoe.traces.routing import RoutingTrace
+
+
+@dataclass
+class SpecDecResult:
+    """steps: one row per decode step (step, draft_us, verify_us, step_us, tokens, accepted_mean)."""
+
+    steps: pd.DataFrame
+    batch: int
+    ar_step_us: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return 1e6 * self.steps["tokens"].sum() / self.steps["step_us"].sum()
+
+    @property
+    def mean_accepted(self) -> float:
+        return float(self.steps["tokens"].sum() / (self.batch * len(self.steps)))
+
+    def to_json(self) -> dict:
+        ar_tps = 1e6 * self.batch / self.ar_step_us
+        return {"steps": len(self.steps), "batch": self.batch,
+                "mean_accepted_per_step": round(self.mean_accepted, 6),
+                "mean_step_time_us": round(float(self.steps["step_us"].mean()), 3),
+                "mean_verify_us": round(float(self.steps["verify_us"].mean()), 3),
+                "mean_draft_us": round(float(self.steps["draft_us"].mean()), 3),
+                "tokens_per_s": round(self.tokens_per_s, 3),
+                "ar_step_time_us": round(self.ar_step_us, 3),
+                "speedup_vs_autoregressive": round(self.tokens_per_s / ar_tps, 6)}
+
+
+def simulate_specdec(model: ModelSpec, cluster: ClusterSpec, routing: RoutingTrace, tree: Tree,
+                     acc: Acceptance, *, batch: int = 1, steps: int = 16, draft: DraftCost | None = None,
+                     ep: int | None = None, context_len: int = 1024, network: str = "analytic",
+                     seed: int = 0) -> SpecDecResult:
+    """`steps` decode steps of `batch` sequences verifying `tree`; each step's routing is fresh."""
+    if steps < 1 or batch < 1:
+        raise InputError("--steps", "", "steps and batch must be >= 1")
+    draft = DraftCost("free") if tree.method == "recycling" else (draft or DraftCost.eagle_head(model))
+    cost = VerifyCost(model, cluster, routing, batch=batch, ep=ep, context_len=context_len,
+                      network=network, seed=seed)
+    rng = np.random.default_rng(seed)
+    draft_us = draft.tree_us(cluster, tree.level_widths(), ceil_div(batch, cost.ep)) if tree.budget else 0.0
+    rows = []
+    for s in range(steps):
+        ids, t2g = cost.topk_ids(tree.budget, rng)
+        verify = simulate_step(model, cluster, ep=cost.ep, topk_ids=ids, token2gpu=t2g, phase="decode",
+                               context_len=context_len + s, network=network, seed=seed).step_time_us
+        tokens = sample_accepted(tree, acc, rng, batch)
+        rows.append((s, draft_us, verify, draft_us + verify, int(tokens.sum()), float(tokens.mean())))
+    frame = pd.DataFrame(rows, columns=["step", "draft_us", "verify_us", "step_us", "tokens", "accepted_mean"])
+    return SpecDecResult(frame, batch, cost.step_us(0))
+
+
+class SpecDecodeHook:
+    """The serving loop's per-iteration cost with speculative decoding.
+
+    `hook(num_requests, context_len, rng) -> (iteration_us, advance [num_requests])`: one draft +
+    verify iteration for a batch of `num_requests` running requests, and the tokens each request
+    advances (accepted path + bonus, drawn from the acceptance model with the caller's Generator).
+    Verify times are simulated once per (batch size, context bucket) and cached.
+    """
+
+    def __init__(self, model, cluster, routing, tree: Tree, acc: Acceptance, *, ep=None,
+                 draft: DraftCost | None = None, network="analytic", seed=0, context_bucket=1024):
+        self.model, self.cluster, self.routing = model, cluster, routing
+        self.tree, self.acc, self.ep, self.network, self.seed = tree, acc, ep, network, seed
+        self.draft = DraftCost("free") if tree.method == "recycling" else (draft or DraftCost.eagle_head(model))
+        self.bucket = context_bucket
+        self._costs: dict = {}
+
+    def iteration_us(self, num_requests: int, context_len: int) -> float:
+        ctx = max(self.bucket, -(-context_len // self.bucket) * self.bucket)
+        key = (num_requests, ctx)
+        if key not in self._costs:
+            cost = VerifyCost(self.model, self.cluster, self.routing, batch=num_requests, ep=self.ep,
+                              context_len=ctx, network=self.network, samples=1, seed=self.seed)
+            widths = self.tree.level_widths()
+            d = self.draft.tree_us(self.cluster, widths, ceil_div(num_requests, cost.ep)) if self.tree.budget else 0.0
+            self._costs[key] = cost.step_us(self.tree.budget) + d
+        return self._costs[key]
+
+    def __call__(self, num_requests: int, context_len: int, rng: np.random.Generator):
+        return self.iteration_us(num_requests, context_len), sample_accepted(self.tree, self.acc, rng, num_requests)
+
+    @property
+    def expected_advance(self) -> float:
+        return expected_accepted(self.tree, self.acc)
+
+
+def load_spec(path, acceptance: str | None = None) -> tuple[Tree, Acceptance]:
+    """`--spec TREE.json` (as `specmoe tree` writes it): the tree and its acceptance model.
+    `acceptance` (an ACC argument) overrides the one recorded in the file."""
+    from specmoe.planner.acceptance import chain, parse_acceptance, positional
+    import json
+    tree = load_tree(path)
+    if acceptance:
+        return tree, parse_acceptance(acceptance)
+    with open(path) as f:
+        rec = json.load(f).get("acceptance")
+    if not isinstance(rec, dict) or not ("p" in rec or "alpha" in rec):
+        raise InputError(path, "acceptance", "no acceptance model recorded; pass --acceptance")
+    if "alpha" in rec:
+        return tree, chain(rec["alpha"], str(path))
+    p = np.asarray(rec["p"], dtype=np.float64)
+    return tree, (positional(p, str(path)) if p.ndim == 1 else Acceptance(p, "depth-positional", str(path)))
+
+
+# ---------------------------------------------------------------- online speculative decoding
+
+
+def osd_curve(t, a0, a_inf, tau):
+    """Acceptance after t distilled tokens: a_inf - (a_inf - a0) * exp(-t / tau)."""
+    return a_inf - (a_inf - a0) * np.exp(-np.asarray(t, dtype=np.float64) / tau)
+
+
+def fit_osd_curve(tokens, acceptance) -> tuple[float, float, float]:
+    """Fit (a0, a_inf, tau) of `osd_curve` to measured (distilled tokens, acceptance) points."""
+    from scipy.optimize import curve_fit
+    t, a = np.asarray(tokens, np.float64), np.asarray(acceptance, np.float64)
+    if t.shape != a.shape or len(t) < 3:
+        raise InputError("osd points", "", "need at least 3 (tokens, acceptance) pairs")
+    p0 = (a[0], a.max(), max(t.max() / 3, 1.0))
+    (a0, a_inf, tau), _ = curve_fit(osd_curve, t, a, p0=p0,
+                                    bounds=([0, 0, 1e-9], [1, 1, np.inf]), maxfev=20000)
+    return float(a0), float(a_inf), float(tau)
+
+
+@dataclass
+class OSDReport:
+    """frame: one row per step (served tokens, alpha, osd_time_s, static_time_s, extra_us)."""
+
+    frame: pd.DataFrame
+    pays: bool
+    break_even_tokens: int | None
+
+    def to_json(self) -> dict:
+        last = self.frame.iloc[-1]
+        return {"pays": self.pays, "break_even_tokens": self.break_even_tokens,
+                "final_alpha": round(float(last["alpha"]), 6),
+                "served_tokens": int(last["served_tokens"]),
+                "osd_time_s": round(float(last["osd_time_s"]), 6),
+                "static_time_s": round(float(last["static_time_s"]), 6),
+                "distill_extra_time_s": round(float(self.frame["extra_us"].sum() * 1e-6), 6)}
+
+
+def online_specdec(model: ModelSpec, cluster: ClusterSpec, tree: Tree, verify_us: float,
+                   curve: tuple[float, float, float], *, batch: int, steps: int,
+                   draft: DraftCost, ep: int | None = None, distill_frac: float = 1.0,
+                   train_efficiency: float = 0.4, max_rank: int = 8) -> OSDReport:
+    """Serve `steps` steps with a draft distilled online, against the same draft kept static.
+
+    The draft's candidates follow `geometric(alpha)` (p_k = alpha (1 - alpha)^(k-1)), with
+    alpha(t) from `curve` as t distilled tokens accumulate (static: alpha = a0 throughout).
+    Served tokens x distill_frac are distilled. Idle compute of a step = GPUs x peak x step time
+    minus the verify's FLOPs (2 x active params per token); distillation FLOPs at
+    `train_efficiency` of peak beyond that idle budget are added to the step's time.
+    """
+    gpu = load_gpu(cluster.gpu)
+    ep = ep or cluster.num_gpus
+    a0, a_inf, tau = curve
+    draft_us = draft.tree_us(cluster, tree.level_widths(), ceil_div(batch, ep)) if tree.budget else 0.0
+    step_s = (verify_us + draft_us) * 1e-6
+    used = 2.0 * model.active_params() * batch * (tree.budget + 1)
+    idle = max(0.0, ep * gpu.bf16_flops * step_s - used)
+    static_per_step = batch * expected_accepted(tree, geometric(a0, max_rank))
+    distilled = served = 0.0
+    t_osd = t_static = 0.0
+    rows, even = [], None
+    for s in range(steps):
+        alpha = float(osd_curve(distilled, a0, a_inf, tau))
+        tokens = batch * expected_accepted(tree, geometric(alpha, max_rank))
+        need = 6.0 * draft.params * tokens * distill_frac / train_efficiency
+        extra_s = max(0.0, need - idle) / (ep * gpu.bf16_flops)
+        served += tokens
+        distilled += tokens * distill_frac
+        t_osd += step_s + extra_s
+        t_static = served / static_per_step * step_s  # time the static draft needs for as many tokens
+        if even is None and t_osd < t_static:
+            even = int(served)
+        rows.append((s, served, alpha, t_osd, t_static, extra_s * 1e6))
+    frame = pd.DataFrame(rows, columns=["step", "served_tokens", "alpha", "osd_time_s",
+                                        "static_time_s", "extra_us"])
+    return OSDReport(frame, bool(t_osd < t_static), even)
