@@ -220,23 +220,32 @@ def _top_children(scored, limit):
     return heapq.nlargest(limit, scored, key=lambda s: (s[0], -s[1], -s[2]))
 
 
-# Token Recycling (Luo et al. 2024, arXiv:2408.08696) verifies a static template of 80 draft
-# nodes expanded breadth-first from an adjacency matrix of the target's top-k (k = 8) past
-# candidates. Its exact shape could not be retrieved with our search tools, so this is a
-# reconstruction of its documented profile: 80 draft nodes, at most 8 children per node,
-# breadth-first, wide at the top and thinning with depth. The level widths are our assumption.
-RECYCLING_LEVEL_WIDTHS = (8, 21, 24, 16, 8, 3)
-RECYCLING_TOP_K = 8
+RECYCLING_TEMPLATE = Path(__file__).parent / "data" / "recycling_template_2.2.2.json"
+
+
+def from_paths(paths, method: str = "custom") -> Tree:
+    """A tree from rank paths (Medusa/Token Recycling notation): [0, 1] is the rank-1 child of the
+    root's rank-0 child. Every prefix of a path must be present and a node's ranks contiguous."""
+    index = {(): 0}
+    parents = [-1]
+    for path in sorted((tuple(p) for p in paths), key=lambda p: (len(p), p)):
+        if path[:-1] not in index:
+            raise InputError("tree paths", str(list(path)), "its parent path is missing")
+        index[path] = len(parents)
+        parents.append(index[path[:-1]])
+    tree = Tree(tuple(parents), method)
+    for path, i in index.items():
+        if path and tree.rank[i] != path[-1]:
+            raise InputError("tree paths", str(list(path)), "sibling ranks must be 0, 1, 2, ... without gaps")
+    return tree
 
 
 def recycling_template() -> Tree:
-    """The 80-node static template (reconstructed; see RECYCLING_LEVEL_WIDTHS).
-
-    Within a level, slots go to the candidates with the highest static score prod 1/(rank+1)
-    along their path (a rank-only heuristic, as a static template has no acceptance model).
-    """
-    return level_wise(RECYCLING_LEVEL_WIDTHS, lambda depth, r: 1.0 / (r + 1), RECYCLING_TOP_K,
-                      "recycling")
+    """Token Recycling's default static template "2.2.2" (Luo et al. 2024, arXiv:2408.08696; shape
+    from the authors' repository, see the data file): 80 draft nodes, level widths
+    8, 21, 25, 15, 8, 3, ranks from an adjacency matrix of top-8 candidates."""
+    with open(RECYCLING_TEMPLATE) as f:
+        return from_paths(json.load(f)["paths"], "recycling")
 
 
 def level_wise(widths, score_of, max_children: int, method: str) -> Tree:

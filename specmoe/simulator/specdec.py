@@ -208,9 +208,9 @@ def online_specdec(model: ModelSpec, cluster: ClusterSpec, tree: Tree, verify_us
         distilled += tokens * distill_frac
         t_osd += step_s + extra_s
         t_static = served / static_per_step * step_s  # time the static draft needs for as many tokens
-        if even is None and t_osd < t_static:
+        if even is None and t_osd < t_static * (1 - 1e-9):  # strictly faster, not float noise
             even = int(served)
         rows.append((s, served, alpha, t_osd, t_static, extra_s * 1e6))
     frame = pd.DataFrame(rows, columns=["step", "served_tokens", "alpha", "osd_time_s",
                                         "static_time_s", "extra_us"])
-    return OSDReport(frame, bool(t_osd < t_static), even)
+    return OSDReport(frame, bool(t_osd < t_static * (1 - 1e-9)), even)

@@ -79,11 +79,22 @@ def test_sampled_lengths_follow_exact_distribution():
 
 
 def test_recycling_template_shape():
-    t = recycling_template()
+    t = recycling_template()  # the published "2.2.2" template: 80 nodes, 6 levels
     assert t.budget == 80
     assert max(np.bincount(t.parents[1:])) <= 8
-    assert t.level_widths() == [8, 21, 24, 16, 8, 3]
+    assert t.level_widths() == [8, 21, 25, 15, 8, 3]
     assert truncate(t, 10).budget == 10
+    # its deepest path is rank 0 five times then rank 1
+    deepest = [i for i in range(81) if t.depth[i] == 6]
+    assert sorted(t.rank[deepest].tolist()) == [0, 0, 1]
+
+
+def test_from_paths_rejects_gaps():
+    from specmoe.planner.trees import from_paths
+    with pytest.raises(InputError, match="without gaps"):
+        from_paths([[0], [2]])
+    with pytest.raises(InputError, match="parent path"):
+        from_paths([[0], [1, 0, 0]])
 
 
 def test_eagle2_and_rsd_respect_budget():
