@@ -63,8 +63,8 @@ def build_plan(args) -> dict:
         "predicted": {**best.to_json(), "ar_step_us": round(best.ar_step_us, 3)},
         "dense_optimum": {"tree": dense_best.to_json(), "priced_moe_aware": dense_priced.to_json(),
                           "parents": list(dense_best.tree.parents)},
-        "distinct_experts_per_layer": {str(k): round(v, 3) for k, v in
-                                       distinct_experts(routing, model, sizes, seed=args.seed).items()},
+        "distinct_experts_per_layer": [[k, round(v, 3)] for k, v in
+                                       distinct_experts(routing, model, sizes, seed=args.seed).items()],
         "candidates": [c.to_json() for c in sorted(evaluated, key=lambda c: (c.tree.budget, c.tree.max_depth))],
         "provenance": {"inputs": inputs, "specmoe": __version__, "seed": args.seed,
                        "budget_arg": args.budget, "max_depth": args.max_depth},
