@@ -75,6 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-depth", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--output", default=str(ROOT / "benchmarks/results/trees.json"))
+    ap.add_argument("--extras", action="store_true",
+                    help="also online SD and Duo-LLM policies -> benchmarks/results/trees_extras.json")
     args = ap.parse_args(argv)
     if not Path(args.esft).is_dir():
         args.esft = "/work/shared/data/routing/deepseek-v2-lite-esft/intent"
@@ -106,7 +108,47 @@ def main(argv=None) -> int:
     out["wall_time_s"] = round(time.perf_counter() - t0, 1)
     save_json(out, args.output)
     print(f"wrote {args.output} in {out['wall_time_s']} s")
+    if args.extras and not args.acceptance:
+        extras = {"command": out["command"], **run_extras(args, acc_note["alpha"])}
+        path = Path(args.output).with_name("trees_extras.json")
+        save_json(extras, path)
+        print(f"wrote {path}")
     return 0
+
+
+# Online speculative decoding: an illustrative saturating curve (NOT measured; replace it with
+# `fit_osd_curve` on the runtime's measurements): acceptance alpha rises from the Token-Recycling
+# fit to 0.40 with a scale of 200k distilled tokens.
+OSD_CURVE_NOTE = "illustrative input, not a measurement: a0 = fitted TR alpha, a_inf = 0.40, tau = 2e5 tokens"
+
+
+def run_extras(args, alpha) -> dict:
+    """Online SD (when it pays, per batch) and Duo-LLM policies, written to trees_extras.json."""
+    from specmoe.planner.sequoia import sequoia_tree
+    from specmoe.simulator.adaptive import compare_policies, duo_model
+    from specmoe.simulator.specdec import online_specdec
+    cluster = load_cluster(args.cluster)
+    model = load_model("mixtral-8x7b")
+    routing = synthetic_routing(model, num_seqs=32, seq_len=160, share=0.3, seed=args.seed)
+    tree = sequoia_tree(geometric(alpha), 16, 4)
+    osd = {}
+    for b in [int(x) for x in args.batches.split(",")]:
+        verify = VerifyCost(model, cluster, routing, batch=b, seed=args.seed).step_us(tree.budget)
+        rep = online_specdec(model, cluster, tree, verify, (alpha, 0.40, 2e5), batch=b, steps=4000,
+                             draft=DraftCost.eagle_head(model))
+        osd[str(b)] = {"verify_us": round(verify, 3), **rep.to_json()}
+        print(f"OSD mixtral-8x7b batch {b}: pays={rep.pays} break-even after {rep.break_even_tokens} tokens; "
+              f"extra time {rep.to_json()['distill_extra_time_s']} s")
+    duo = duo_model(model, 0.25)
+    duo_cluster = load_cluster("h200x2-nvlink")
+    adaptive = {}
+    for b in (1, 16, 64):
+        df = compare_policies(duo, duo_cluster, b, [4, 8, 16, 24], skip=4, ep=1)
+        adaptive[str(b)] = df.round(6).to_dict(orient="records")
+        print(f"Duo-LLM mixtral-8x7b-duo, one H200, batch {b}:\n{df.to_string(index=False)}")
+    return {"tree": list(tree.parents), "osd_curve": OSD_CURVE_NOTE, "online_specdec": osd,
+            "duo_llm": {"model": duo.name, "cluster": duo_cluster.name, "ep": 1, "small_fraction": 0.25,
+                        "policies": adaptive}}
 
 
 def _print_rows(model, batch, rows):

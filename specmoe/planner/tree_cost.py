@@ -56,7 +56,7 @@ class DraftCost:
     def tree_us(self, cluster: ClusterSpec, widths: list[int], seqs_per_gpu: int) -> float:
         """Draft time of a tree whose levels hold `widths` tokens: level d is drafted from the
         widths[d-1] frontier (the root for level 1)."""
-        if self.kind == "free":
+        if self.kind == "free" or not widths:
             return 0.0
         frontier = [1] + list(widths[:-1])
         return sum(self.level_us(cluster, seqs_per_gpu * f) for f in frontier)

@@ -64,6 +64,11 @@ class Tree:
                 "budget": self.budget, "depth": self.max_depth, **extra}
 
 
+def plan_section(tree: "Tree | None") -> dict | None:
+    """The Plan JSON's `draft_tree` section: {"parents": [...], "method": ...} or None."""
+    return None if tree is None else {"parents": list(tree.parents), "method": tree.method}
+
+
 def check_parents(parents, source, field_name) -> np.ndarray:
     """Validate a parent array per the TREE.json contract; return it as int64 `[n + 1]`."""
     if not isinstance(parents, (list, tuple)) or not parents:
