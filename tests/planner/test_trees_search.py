@@ -92,3 +92,52 @@ def test_recycling_has_no_draft_cost(setup):
     best, _ = plan_tree("recycling", ACC, cost, DraftCost.eagle_head(model), budget=80, grid=(80,))
     assert best.draft_us == 0.0 and best.tree.budget == 80
     assert np.isclose(best.speedup, best.expected_accepted * cost.step_us(0) / cost.step_us(80))
+
+
+def _tiny_trace():
+    from specmoe.traces.routing import RoutingTrace
+    # two sequences of 3 tokens, 1 layer, top-2 of 4 experts
+    ids = np.array([[[0, 1]], [[1, 2]], [[2, 3]], [[0, 1]], [[0, 1]], [[0, 1]]], np.int32)
+    return RoutingTrace(ids, np.full(ids.shape, 0.5, np.float32), np.array([0, 0, 0, 1, 1, 1]),
+                        np.array([0, 1, 2, 0, 1, 2]), dict(model="tiny", num_experts=4, top_k=2,
+                                                           phase="decode", source="test"))
+
+
+def test_windows_stay_inside_one_sequence():
+    from specmoe.planner.tree_cost import sequence_windows
+    tr = _tiny_trace()
+    idx = sequence_windows(tr, 3, 50, np.random.default_rng(0))
+    assert {tuple(r) for r in idx.tolist()} == {(0, 1, 2), (3, 4, 5)}
+    idx = sequence_windows(tr, 2, 200, np.random.default_rng(0))
+    assert set(map(tuple, idx.tolist())) == {(0, 1), (1, 2), (3, 4), (4, 5)}
+
+
+def test_distinct_experts_hand_computed():
+    tr = _tiny_trace()
+    model = ModelSpec(name="tiny", source="test", num_layers=1, hidden_size=64, num_experts=4, top_k=2,
+                      expert_intermediate_size=128, vocab_size=100, attention=AttentionSpec("gqa", 2, 1, 32))
+    # windows of 3: sequence 0 touches {0,1,2,3} = 4, sequence 1 touches {0,1} = 2
+    got = distinct_experts(tr, model, [3], samples=400)[3]
+    assert got == pytest.approx(3.0, abs=0.25)
+    cost = VerifyCost(model, load_cluster("h200x2-nvlink"), tr, batch=4, ep=2, moe_aware=False)
+    ids, t2g = cost.topk_ids(2, np.random.default_rng(1))
+    assert ids.shape == (12, 1, 2) and t2g.tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1]
+    for s in range(4):  # the dense ablation repeats each sequence's root routing
+        assert (ids[3 * s:3 * s + 3] == ids[3 * s]).all()
+
+
+def test_cli_with_acceptance_trace(tmp_path, capsys):
+    trace = {"version": 1, "model": "m", "method": "recycling", "temperature": 0.0,
+             "steps": [{"parents": [-1, 0, 0, 1], "accepted": [1, 3]},
+                       {"parents": [-1, 0, 0, 1], "accepted": [2]},
+                       {"parents": [-1, 0, 0, 1], "accepted": []}]}
+    f = tmp_path / "acc.json"
+    f.write_text(json.dumps(trace))
+    out = tmp_path / "tree.json"
+    assert main(["tree", "--model", "mixtral-8x7b", "--cluster", "dgx-h100", "--acceptance", str(f),
+                 "--budget", "8", "--max-depth", "3", "-o", str(out)]) == 0
+    plan = json.loads(out.read_text())
+    # rank 0: offered 3 (root) + 1 (node 1), accepted 1 + 1; rank 1: offered 3, accepted 1
+    assert plan["acceptance"]["p"] == pytest.approx([0.5, 1 / 3], abs=1e-6)
+    assert plan["provenance"]["inputs"]["acceptance"]["sha256"]
+    assert "expected accepted tokens/step" in capsys.readouterr().out
