@@ -82,9 +82,9 @@ def sequoia_dp(acc: Acceptance, budget: int, max_depth: int) -> SequoiaDP:
         G[0] = 0.0  # G_d(., K): no ranks left
         for k in range(K - 1, -1, -1):
             p = rows[d - 1, k] if k < rows.shape[1] else 0.0
+            pv = np.where(np.isfinite(V), p * np.where(np.isfinite(V), V, 0.0), NEG)  # infeasible stays -inf
             rest = np.where(valid, G[np.clip(m_idx - a_idx, 0, N)], NEG)  # [m, a]
-            cand = np.where(valid, p * V[np.clip(a_idx, 0, N + 1)] + rest, NEG)
-            cand = np.where(np.isnan(cand), NEG, cand)
+            cand = np.where(valid, pv[np.clip(a_idx, 0, N + 1)] + rest, NEG)
             best_a = cand.argmax(axis=1)
             newG = cand[np.arange(N + 1), best_a]
             newG[0] = 0.0

@@ -130,3 +130,22 @@ def test_bad_parents_rejected(tmp_path, parents, msg):
     path.write_text(json.dumps({"version": 1, "method": "x", "parents": parents}))
     with pytest.raises(InputError, match=msg):
         load_tree(path)
+
+
+def test_dp_dominates_random_trees_property():
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=5),
+           st.lists(st.integers(0, 10**6), min_size=1, max_size=30), st.integers(1, 6))
+    def check(raw, seeds, depth):
+        p = np.array(raw) / max(1.0, sum(raw))
+        acc = positional(p)
+        parents = [-1] + [s % (i + 1) for i, s in enumerate(seeds)]  # any tree: parents[i] < i
+        tree = canonical(Tree(tuple(parents)))
+        if tree.max_depth > depth:
+            return
+        best = sequoia_dp(acc, tree.budget, depth).best_upto()[tree.budget]
+        assert best >= expected_accepted(tree, acc) - 1e-12
+
+    check()
