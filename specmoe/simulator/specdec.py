@@ -214,3 +214,26 @@ def online_specdec(model: ModelSpec, cluster: ClusterSpec, tree: Tree, verify_us
     frame = pd.DataFrame(rows, columns=["step", "served_tokens", "alpha", "osd_time_s",
                                         "static_time_s", "extra_us"])
     return OSDReport(frame, bool(t_osd < t_static * (1 - 1e-9)), even)
+
+
+# ---------------------------------------------------------------- CLI glue (`--spec TREE.json`)
+
+
+def add_spec_flags(parser) -> None:
+    """The flags `specmoe simulate` and `specmoe serve-sim` take for speculative decoding."""
+    parser.add_argument("--spec", metavar="TREE.json",
+                        help="speculative decoding with this draft tree (written by `specmoe tree`)")
+    parser.add_argument("--spec-acceptance", metavar="ACC",
+                        help="acceptance model for --spec (default: the one recorded in TREE.json)")
+    parser.add_argument("--spec-steps", type=int, default=16, help="decode steps to simulate with --spec")
+
+
+def spec_report(args, model, cluster, routing, *, batch: int, ep: int | None = None,
+                context_len: int = 1024) -> dict:
+    """`specmoe simulate --spec`: the speculative decode loop's summary, as JSON."""
+    tree, acc = load_spec(args.spec, getattr(args, "spec_acceptance", None))
+    res = simulate_specdec(model, cluster, routing, tree, acc, batch=batch,
+                           steps=getattr(args, "spec_steps", 16), ep=ep, context_len=context_len,
+                           network=getattr(args, "network", "analytic"), seed=getattr(args, "seed", 0))
+    return {"tree": str(args.spec), "method": tree.method, "budget": tree.budget,
+            "expected_accepted_per_step": round(expected_accepted(tree, acc), 6), **res.to_json()}
