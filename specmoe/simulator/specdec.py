@@ -9,8 +9,8 @@ Each decode step of a batch of sequences:
   3. each sequence advances by the accepted path plus the bonus token, drawn from the
      acceptance model with a seeded Generator (`sample_accepted`).
 
-`SpecDecodeHook` is the per-iteration cost the serving loop asks for: the time of one decode
-iteration for a batch and how many tokens each request advances.
+`SpecDecoder` plugs into the serving loop (`specmoe.simulator.serving.serve(decoder=...)`): the
+time of one decode iteration for a batch and how many tokens each request advances.
 
 Online speculative decoding (OSD; Liu et al. 2023, arXiv:2310.07177): the draft is distilled
 on served traffic, so its acceptance rate rises with distilled tokens along a saturating curve
@@ -84,40 +84,61 @@ def simulate_specdec(model: ModelSpec, cluster: ClusterSpec, routing: RoutingTra
     return SpecDecResult(frame, batch, cost.step_us(0))
 
 
-class SpecDecodeHook:
-    """The serving loop's per-iteration cost with speculative decoding.
+SPEC_BATCH_GRID = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
+SPEC_CONTEXT_GRID = (64, 256, 1024, 4096, 16384, 65536)
 
-    `hook(num_requests, context_len, rng) -> (iteration_us, advance [num_requests])`: one draft +
-    verify iteration for a batch of `num_requests` running requests, and the tokens each request
-    advances (accepted path + bonus, drawn from the acceptance model with the caller's Generator).
-    Verify times are simulated once per (batch size, context bucket) and cached.
+
+class SpecDecoder:
+    """Speculative decoding for the serving loop (specmoe.simulator.serving's `Decoder`).
+
+    `iteration(costs, batch, mean_context, rng) -> (seconds, advance [batch])`: one draft +
+    verify iteration for `batch` running requests, and the tokens each advances (accepted path
+    + bonus, drawn from the acceptance model with the loop's Generator). The verify step of
+    batch x (1 + n) tokens, routed in per-sequence windows, is simulated on a (batch, context)
+    grid and interpolated bilinearly, as the plain decode costs are; `costs` is not used.
     """
 
+    fixed_advance = None
+
     def __init__(self, model, cluster, routing, tree: Tree, acc: Acceptance, *, ep=None,
-                 draft: DraftCost | None = None, network="analytic", seed=0, context_bucket=1024):
+                 draft: DraftCost | None = None, network="analytic", seed=0):
         self.model, self.cluster, self.routing = model, cluster, routing
         self.tree, self.acc, self.ep, self.network, self.seed = tree, acc, ep, network, seed
         self.draft = DraftCost("free") if tree.method == "recycling" else (draft or DraftCost.eagle_head(model))
-        self.bucket = context_bucket
-        self._costs: dict = {}
+        self._memo: dict = {}
 
-    def iteration_us(self, num_requests: int, context_len: int) -> float:
-        ctx = max(self.bucket, -(-context_len // self.bucket) * self.bucket)
-        key = (num_requests, ctx)
-        if key not in self._costs:
-            cost = VerifyCost(self.model, self.cluster, self.routing, batch=num_requests, ep=self.ep,
-                              context_len=ctx, network=self.network, samples=1, seed=self.seed)
-            widths = self.tree.level_widths()
-            d = self.draft.tree_us(self.cluster, widths, ceil_div(num_requests, cost.ep)) if self.tree.budget else 0.0
-            self._costs[key] = cost.step_us(self.tree.budget) + d
-        return self._costs[key]
+    def point_us(self, batch: int, context: int) -> float:
+        """Draft + verify time of one iteration at a grid point."""
+        key = (batch, context)
+        if key not in self._memo:
+            cost = VerifyCost(self.model, self.cluster, self.routing, batch=batch, ep=self.ep,
+                              context_len=context, network=self.network, samples=1, seed=self.seed)
+            d = (self.draft.tree_us(self.cluster, self.tree.level_widths(), ceil_div(batch, cost.ep))
+                 if self.tree.budget else 0.0)
+            self._memo[key] = cost.step_us(self.tree.budget) + d
+        return self._memo[key]
 
-    def __call__(self, num_requests: int, context_len: int, rng: np.random.Generator):
-        return self.iteration_us(num_requests, context_len), sample_accepted(self.tree, self.acc, rng, num_requests)
+    def iteration_us(self, batch: int, mean_context: float) -> float:
+        (b0, b1, wb), (c0, c1, wc) = _bracket(SPEC_BATCH_GRID, batch), _bracket(SPEC_CONTEXT_GRID, mean_context)
+        f = self.point_us
+        lo = (1 - wc) * f(b0, c0) + wc * f(b0, c1)
+        hi = (1 - wc) * f(b1, c0) + wc * f(b1, c1)
+        return (1 - wb) * lo + wb * hi
+
+    def iteration(self, costs, batch: int, mean_context: float, rng: np.random.Generator):
+        return 1e-6 * self.iteration_us(batch, mean_context), sample_accepted(self.tree, self.acc, rng, batch)
 
     @property
     def expected_advance(self) -> float:
         return expected_accepted(self.tree, self.acc)
+
+
+def _bracket(grid, x: float):
+    """Neighbouring grid points and the weight of the upper one (extrapolating past the end)."""
+    i = int(np.clip(np.searchsorted(grid, x), 1, len(grid) - 1))
+    lo, hi = grid[i - 1], grid[i]
+    w = (x - lo) / (hi - lo)
+    return lo, hi, float(max(w, 0.0)) if x > grid[-1] else float(np.clip(w, 0.0, 1.0))
 
 
 def load_spec(path, acceptance: str | None = None) -> tuple[Tree, Acceptance]:

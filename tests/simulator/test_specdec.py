@@ -9,7 +9,7 @@ from specmoe.planner.acceptance import geometric, positional
 from specmoe.planner.sequoia import sequoia_tree
 from specmoe.planner.tree_cost import DraftCost, synthetic_routing
 from specmoe.planner.trees import Tree, expected_accepted, save_json
-from specmoe.simulator.specdec import (SpecDecodeHook, fit_osd_curve, load_spec, online_specdec,
+from specmoe.simulator.specdec import (SpecDecoder, fit_osd_curve, load_spec, online_specdec,
                                        osd_curve, simulate_specdec)
 from specmoe.specs import load_cluster, load_model
 
@@ -40,16 +40,19 @@ def test_empty_tree_advances_one_token(env):
     assert (res.steps.tokens == 3).all() and (res.steps.draft_us == 0).all()
 
 
-def test_hook_advance_matches_acceptance_model(env):
+def test_decoder_advance_and_interpolation(env):
     model, cluster, routing = env
     tree = sequoia_tree(ACC, 8, 3)
-    hook = SpecDecodeHook(model, cluster, routing, tree, ACC, draft=DraftCost("free"))
+    dec = SpecDecoder(model, cluster, routing, tree, ACC, draft=DraftCost("free"))
     rng = np.random.default_rng(0)
-    adv = np.concatenate([hook(50, 900, rng)[1] for _ in range(200)])
+    adv = np.concatenate([dec.iteration(None, 50, 900, rng)[1] for _ in range(200)])
     assert adv.mean() == pytest.approx(expected_accepted(tree, ACC), rel=0.02)
-    t1, _ = hook(8, 900, rng)
-    assert t1 == hook.iteration_us(8, 1000)  # same context bucket: cached
-    assert hook.iteration_us(64, 900) > t1
+    # on grid points the time is the simulated one; between them, linear in batch
+    t4, t8 = dec.point_us(4, 1024), dec.point_us(8, 1024)
+    assert dec.iteration_us(4, 1024) == t4
+    assert dec.iteration_us(6, 1024) == pytest.approx((t4 + t8) / 2)
+    assert dec.iteration(None, 6, 1024, rng)[0] == pytest.approx(1e-6 * (t4 + t8) / 2)
+    assert dec.fixed_advance is None
 
 
 def test_osd_fit_recovers_curve():
