@@ -1,0 +1,210 @@
+"""From routing to traffic: which GPU each token's experts live on, and what dispatch sends.
+
+Placement (COMMON.md): `phy2log [num_moe_layers, num_physical]`; physical expert p lives on EP
+rank `p // (num_physical // ep)`. A token's copy goes once to each distinct remote GPU that
+holds one of its experts (DeepEP's dispatch); experts on its own GPU cost no traffic.
+A logical expert with several replicas is served by the replica on the token's own GPU if
+there is one, else by the replica on the rank with the fewest token copies so far in that
+layer (ties to the lower rank), tokens taken in order: deterministic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from specmoe.errors import InputError
+from specmoe.specs import ModelSpec
+
+
+@dataclass
+class Dispatch:
+    """counts:        int64 [ep, num_moe_layers, ep]  tokens sent from rank (first axis) to
+                      rank (last axis) once per distinct destination; the diagonal counts
+                      tokens with at least one local expert (no traffic). `copies` is the
+                      same as a `[num_moe_layers, ep, ep]` view.
+    expert_tokens: int64 [num_moe_layers, num_physical]  token copies each physical expert computes
+    tokens_per_gpu: int64 [ep]  tokens whose attention runs on each rank (token2gpu counts)
+    routed:        int64 [num_moe_layers, ep]  tokens that use an MoE layer (not skipped), per source
+    """
+
+    counts: np.ndarray
+    expert_tokens: np.ndarray
+    tokens_per_gpu: np.ndarray
+    routed: np.ndarray
+
+    @property
+    def copies(self) -> np.ndarray:
+        return self.counts.transpose(1, 0, 2)
+
+    @property
+    def remote_copies(self) -> int:
+        c = self.counts
+        return int(c.sum() - np.trace(c, axis1=0, axis2=2).sum())
+
+
+def default_phy2log(model: ModelSpec, ep: int) -> np.ndarray:
+    """Contiguous placement, `[num_moe_layers, num_experts]`: expert e on rank e // (E / ep)."""
+    if model.num_experts % ep:
+        raise InputError("--ep", "", f"{model.name} has {model.num_experts} experts, not divisible "
+                         f"by ep={ep}; give a placement (--plan) with redundant experts")
+    return np.tile(np.arange(model.num_experts, dtype=np.int64), (model.num_moe_layers, 1))
+
+
+def check_phy2log(phy2log, model: ModelSpec, ep: int, source="phy2log") -> np.ndarray:
+    """Validate a placement for `model` on `ep` ranks; InputError names the reason."""
+    a = np.asarray(phy2log)
+    L, E = model.num_moe_layers, model.num_experts
+    if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
+        raise InputError(source, "physical_to_logical_map",
+                         f"expected an integer array [num_moe_layers, num_physical], got shape {a.shape}")
+    if a.shape[0] != L:
+        raise InputError(source, "physical_to_logical_map",
+                         f"has {a.shape[0]} layers but {model.name} has {L} MoE layers")
+    if a.shape[1] % ep:
+        raise InputError(source, "physical_to_logical_map",
+                         f"{a.shape[1]} physical experts do not divide over ep={ep} ranks")
+    if a.shape[1] < E:
+        raise InputError(source, "physical_to_logical_map",
+                         f"{a.shape[1]} physical slots cannot hold {model.name}'s {E} experts")
+    if a.min() < 0 or a.max() >= E:
+        raise InputError(source, "physical_to_logical_map",
+                         f"logical expert id outside [0, {E}) (model {model.name})")
+    for layer in range(L):
+        missing = np.setdiff1d(np.arange(E), a[layer])
+        if missing.size:
+            raise InputError(source, f"physical_to_logical_map[{layer}]",
+                             f"logical expert {int(missing[0])} has no physical slot")
+    return a.astype(np.int64)
+
+
+def _replica_phys(phy2log_l: np.ndarray, E: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per logical expert: number of replicas `[E]` and its lowest physical slot `[E]`."""
+    count = np.bincount(phy2log_l, minlength=E)
+    first = np.full(E, -1, np.int64)
+    order = np.arange(len(phy2log_l))[::-1]
+    first[phy2log_l[order]] = order  # last write wins: the lowest index
+    return count, first
+
+
+def _check_ids(ids: np.ndarray, E: int) -> bool:
+    """InputError unless every id is in [-1, E); returns whether any is -1."""
+    lo, hi = int(ids.min(initial=0)), int(ids.max(initial=0))
+    if lo < -1 or hi >= E:
+        raise InputError("topk_ids", "", f"expert id {lo if lo < -1 else hi} outside [-1, {E})")
+    return lo < 0
+
+
+def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: int) -> Dispatch:
+    """Dispatch counts for `topk_ids [T, L, K]` (-1 = none), `token2gpu [T]`, `phy2log [L, P]`.
+
+    Counting (and the id range check) runs over blocks of source ranks, so each block's data
+    and histogram stay in cache."""
+    T, L, K = topk_ids.shape
+    P = phy2log.shape[1]
+    per_rank = P // ep
+    E = int(phy2log.max()) + 1
+    src = np.asarray(token2gpu, np.int64)
+    phys, replicated = _physical(np.asarray(topk_ids), src, phy2log, per_rank, ep, E)
+    tokens_per_gpu = np.bincount(src, minlength=ep).astype(np.int64)
+    per_expert = per_rank > 1 or replicated
+    copies = np.zeros((ep, L, ep), np.int64)
+    expert_tokens = np.zeros((L, P), np.int64)
+    routed = np.zeros((ep, L), np.int64)
+    block = max(1, 262144 // (L * ep))  # source ranks per histogram of <= 256k bins
+    for s0, chunk, local in _source_blocks(phys, src, ep, block):
+        nb = min(block, ep - s0)
+        has_none = _check_ids(chunk, P)  # physical ids (== logical ones when contiguous)
+        layer_off = np.arange(L, dtype=np.int64).reshape((1,) * (chunk.ndim - 2) + (L, 1))
+        dst = chunk // per_rank if per_rank > 1 else chunk  # [..., L, K]; -1 stays negative
+        valid = chunk >= 0 if has_none or per_rank > 1 else None
+        if per_rank > 1:  # two experts of a token on one GPU: one copy (top-k ids are distinct)
+            for k in range(1, K):
+                for j in range(k):
+                    valid[..., k] &= dst[..., k] != dst[..., j]
+        key = (local * L + layer_off) * ep + dst
+        dump = nb * L * ep
+        if valid is not None:
+            key = np.where(valid, key, dump)
+        copies[s0:s0 + nb] = np.bincount(key.ravel(), minlength=dump + 1)[:dump].reshape(nb, L, ep)
+        if per_expert:
+            ok = chunk >= 0
+            expert_tokens += np.bincount((layer_off * P + chunk)[ok], minlength=L * P).reshape(L, P)
+        if has_none:
+            used = (chunk >= 0).any(axis=-1).reshape(-1, L)  # [n, L]
+            who = np.broadcast_to(local, chunk.shape).reshape(-1, L, chunk.shape[-1])[:, 0, 0]
+            routed[s0:s0 + nb] = np.stack([np.bincount(who, used[:, l], minlength=nb) for l in range(L)], axis=1)
+        else:
+            routed[s0:s0 + nb] = tokens_per_gpu[s0:s0 + nb, None]
+    if not per_expert:  # dst is the physical expert: its tokens are the column sums
+        expert_tokens = copies.sum(axis=0)
+    return Dispatch(copies, expert_tokens, tokens_per_gpu, np.ascontiguousarray(routed.T))
+
+
+def _source_blocks(phys: np.ndarray, src: np.ndarray, ep: int, block: int):
+    """Yield (first rank, routing of the block's tokens `[..., L, K]`, their rank - first rank
+    broadcastable to it)."""
+    T = len(src)
+    if T % ep == 0 and np.array_equal(src, np.arange(T) % ep):  # round-robin: strided views
+        view = phys.reshape(T // ep, ep, *phys.shape[1:])  # [T / ep, ep, L, K]
+        for s0 in range(0, ep, block):
+            nb = min(block, ep - s0)
+            yield s0, view[:, s0:s0 + nb], np.arange(nb, dtype=np.int64).reshape(1, nb, 1, 1)
+        return
+    order = np.argsort(src, kind="stable")
+    sorted_src = src[order]
+    bounds = np.searchsorted(sorted_src, np.arange(0, ep + block, block))
+    for i, s0 in enumerate(range(0, ep, block)):
+        rows = order[bounds[i]:bounds[i + 1]]
+        yield s0, phys[rows], (sorted_src[bounds[i]:bounds[i + 1]] - s0)[:, None, None]
+
+
+def _physical(ids, src, phy2log, per_rank, ep, E) -> tuple[np.ndarray, bool]:
+    """Physical expert of every (token, layer, k), `[T, L, K]` int32 (-1 = none), and whether
+    any logical expert is replicated."""
+    L = phy2log.shape[0]
+    if phy2log.shape[1] == E and (phy2log == np.arange(E)).all():  # contiguous: phys == logical
+        return ids, False
+    _check_ids(ids, E)  # before the table lookups below
+    if (phy2log == phy2log[0]).all() and np.bincount(phy2log[0], minlength=E).max() == 1:
+        count, first = _replica_phys(phy2log[0], E)
+        return np.append(first, -1).astype(np.int32)[ids], False  # -1 indexes the last slot
+    phys = np.empty(ids.shape, np.int32)
+    replicated = False
+    for layer in range(L):
+        count, first = _replica_phys(phy2log[layer], E)
+        phys[:, layer] = np.append(first, -1).astype(np.int32)[ids[:, layer]]
+        if (count > 1).any():
+            replicated = True
+            _assign_replicas(phys[:, layer], ids[:, layer], src, phy2log[layer], count, per_rank, ep)
+    return phys, replicated
+
+
+def _assign_replicas(phys_l, ids_l, token2gpu, phy2log_l, count, per_rank, ep) -> None:
+    """Resolve replicated experts of one layer in place (`phys_l [T, K]`), per the module rule."""
+    P = len(phy2log_l)
+    rank_of = np.arange(P) // per_rank
+    single = (phys_l >= 0) & (count[np.maximum(ids_l, 0)] == 1)
+    load = np.bincount(rank_of[phys_l[single]], minlength=ep).astype(np.int64)
+    pending = []
+    for e in np.flatnonzero(count > 1):
+        slots = np.flatnonzero(phy2log_l == e)
+        t_ix, k_ix = np.nonzero(ids_l == e)  # row-major: tokens in order
+        home = dict(zip(rank_of[slots].tolist(), slots.tolist()))
+        src = token2gpu[t_ix]
+        local = np.array([home.get(int(s), -1) for s in src], np.int64) if len(src) else np.zeros(0, np.int64)
+        hit = local >= 0
+        phys_l[t_ix[hit], k_ix[hit]] = local[hit]
+        np.add.at(load, rank_of[local[hit]], 1)
+        pending.append((slots, t_ix[~hit], k_ix[~hit]))
+    for slots, t_ix, k_ix in pending:
+        n = len(t_ix)
+        if not n:
+            continue
+        ranks = rank_of[slots]
+        level = load[ranks][:, None] + np.arange(n)[None, :]  # [replicas, n] the i-th extra copy
+        which = np.broadcast_to(np.arange(len(slots))[:, None], level.shape)
+        order = np.lexsort((ranks[which].ravel(), level.ravel()))[:n]
+        chosen = which.ravel()[order]
+        phys_l[t_ix, k_ix] = slots[chosen]
+        np.add.at(load, ranks[chosen], 1)
