@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="sequoia",
                    choices=["sequoia", "recycling", "rsd-c", "rsd-s", "chain", "eagle2"])
     p.add_argument("--batch", type=_positive_int, default=1, help="concurrent sequences")
-    p.add_argument("--routing", help="routing trace .npz or ESFT folder (default: synthetic)")
+    p.add_argument("--routing", help="routing trace .npz or ESFT folder (default: the embedded "
+                   "ESFT sample when it fits the model, else synthetic)")
     p.add_argument("--ep", type=_positive_int)
     p.add_argument("--context-len", type=_positive_int, default=1024)
     p.add_argument("--draft-params", type=_positive_float, help="draft model parameters (default: EAGLE-style head)")

@@ -24,6 +24,12 @@ def _sha256(path) -> str:
 def load_routing(arg: str | None, model, seed: int):
     """A routing trace: a .npz file, an ESFT dump folder, or (none given) a synthetic one."""
     if arg is None:
+        from specmoe.simulator.routing import fits
+        from specmoe.traces.commands import DEFAULT_TRACE
+        from specmoe.traces.routing import load
+        embedded = load(DEFAULT_TRACE)
+        if fits(embedded, model):
+            return embedded, {"routing": {"path": "embedded ESFT intent sample", "sha256": _sha256(DEFAULT_TRACE)}}
         return synthetic_routing(model, seed=seed), {"routing": "synthetic (specmoe.planner.tree_cost.synthetic_routing)"}
     path = Path(arg)
     if path.is_dir():

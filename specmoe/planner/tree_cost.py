@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from specmoe.errors import InputError
+from specmoe.simulator.step import simulate_step
 from specmoe.specs import ClusterSpec, ModelSpec, load_gpu
 from specmoe.traces.routing import RoutingTrace
 
@@ -184,63 +185,6 @@ def synthetic_routing(model: ModelSpec, num_seqs: int = 32, seq_len: int = 160, 
     meta = dict(model=model.name, num_experts=E, top_k=K, phase="decode",
                 source=f"specmoe synthetic_routing share={share} seed={seed}")
     return RoutingTrace(ids, w, seq_id.astype(np.int64), pos.astype(np.int64), meta)
-
-
-# ------------------------------------------------------------------------------------------
-# TEMPORARY cost function, to be replaced by specmoe.simulator.step.simulate_step (branch
-# `sim`) once it is merged. It follows the contract in COMMON.md and is a plain roofline:
-# per layer and GPU, max(weights read / HBM, FLOPs / peak); dispatch and combine as alpha-beta
-# over the slowest rank's NVLink traffic. Do not build on it.
-# ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _TemporaryStepResult:
-    step_time_us: float
-    remote_copies_per_token_layer: float
-
-
-def _temporary_simulate_step(model, cluster, *, ep=None, topk_ids, token2gpu=None, phase="decode",
-                             context_len=1024, network="analytic", seed=0, **_):
-    gpu = load_gpu(cluster.gpu)
-    ep = ep or cluster.num_gpus
-    T = topk_ids.shape[0]
-    t2g = np.arange(T) % ep if token2gpu is None else token2gpu
-    per_rank = model.num_experts // ep
-    h, db = model.hidden_size, model.dtype_bytes
-    attn_bytes = model.attention.weight_elems(h) * db
-    kv = model.attention.kv_elems_per_token() * db * context_len
-    tok_per_gpu = np.bincount(t2g, minlength=ep)
-    attn = max((attn_bytes + n * kv) / gpu.hbm_bandwidth for n in tok_per_gpu)
-    total, copies = 0.0, 0.0
-    for layer in range(topk_ids.shape[1]):
-        ids = topk_ids[:, layer]  # [T, K]
-        dest = np.where(ids >= 0, ids // per_rank, -1)
-        expert_t = np.zeros(ep)
-        for g in range(ep):
-            local = ids[(dest == g)]
-            if local.size == 0:
-                continue
-            e, cnt = np.unique(local, return_counts=True)
-            wbytes = sum(model.expert_weight_bytes(int(x)) for x in e)
-            flops = sum(c * model.expert_flops_per_token(int(x)) for x, c in zip(e, cnt))
-            expert_t[g] = max(wbytes / gpu.hbm_bandwidth, flops / gpu.bf16_flops)
-        remote = [(set(dest[t][dest[t] >= 0]) - {t2g[t]}) for t in range(T)]
-        n_copies = np.array([len(r) for r in remote])
-        sent = np.bincount(t2g, weights=n_copies, minlength=ep).max() * h * db
-        a2a = cluster.collective_latency_us * 1e-6 + sent / cluster.intra.bandwidth
-        total += attn + expert_t.max() + 2 * a2a
-        copies += n_copies.mean()
-    dense = model.num_dense_layers * (attn + 3 * h * model.dense_intermediate_size * db / gpu.hbm_bandwidth)
-    return _TemporaryStepResult(1e6 * (total + dense), copies / max(1, topk_ids.shape[1]))
-
-
-def simulate_step(model, cluster, **kw):
-    try:
-        from specmoe.simulator.step import simulate_step as real
-    except ImportError:  # TEMPORARY: branch `sim` not merged yet
-        real = _temporary_simulate_step
-    return real(model, cluster, **kw)
 
 
 def ceil_div(a: int, b: int) -> int:

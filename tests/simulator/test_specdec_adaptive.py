@@ -62,3 +62,20 @@ def test_choice_trace_files(tmp_path, duo):
     f.write_text(json.dumps({"choices": [[0] * (L - 1)]}))
     with pytest.raises(InputError, match="num_tokens"):
         load_choices(f, L)
+
+
+def test_per_layer_pricing_small_big_skip(duo):
+    model, cluster = duo
+    L = model.num_moe_layers
+    ch = np.full((16, L), SMALL, np.int8)
+    ch[:, 1] = BIG
+    ch[:, 2] = SKIP
+    layers = price(model, cluster, ch).layers.set_index("layer")
+    assert layers.loc[2, "experts_us"] == 0.0  # every token skips layer 2: no expert runs
+    assert layers.loc[0, "experts_us"] < layers.loc[1, "experts_us"]  # small < big module
+    # the small module (a quarter of the width) reads a quarter of the big module's weights
+    from specmoe.simulator.compute import ComputeModel
+    from specmoe.specs import load_gpu
+    cm = ComputeModel(model, load_gpu(cluster.gpu))
+    want = cm.ffn_us(np.array([[16.0, 0.0]]), np.array(model.expert_sizes, float))[0]
+    assert layers.loc[0, "experts_us"] == pytest.approx(want)
