@@ -59,6 +59,16 @@ def _cmd(sub, name, target, help):
     return p
 
 
+def _spec_flags(p, target):
+    """Speculative decoding for `simulate` / `serve-sim` (planner (draft trees) area): with
+    --spec the command runs through specmoe.simulator.specdec, which defers to the simulator's
+    own command when --spec is absent."""
+    p.add_argument("--spec", metavar="TREE.json", help="speculative decoding with this draft tree (`specmoe tree`)")
+    p.add_argument("--spec-acceptance", metavar="ACC", help="acceptance model (default: the one in TREE.json)")
+    p.add_argument("--spec-steps", type=_positive_int, default=16, help="decode steps simulated with --spec")
+    p.set_defaults(_target=target)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="specmoe", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"specmoe {_version()}")
@@ -115,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", metavar="FILE", help="write a per-GPU timeline (PNG)")
+    _spec_flags(p, "specmoe.simulator.specdec:simulate_cmd")
     p = _cmd(sub, "serve-sim", "specmoe.simulator.commands:serve_sim_cmd",
              "simulate serving a request trace with continuous batching: TTFT, TPOT, SLOs")
     p.add_argument("--model", required=True)
@@ -131,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--output", metavar="CSV", help="write per-request metrics here")
     p.add_argument("--json", action="store_true")
+    _spec_flags(p, "specmoe.simulator.specdec:serve_sim_cmd")
     # ---- end simulator ----
 
     # ---- planner (placement): plan, plan show ----

@@ -238,23 +238,98 @@ def online_specdec(model: ModelSpec, cluster: ClusterSpec, tree: Tree, verify_us
 
 
 # ---------------------------------------------------------------- CLI glue (`--spec TREE.json`)
+# `specmoe simulate --spec` and `specmoe serve-sim --spec` land here; without --spec they run the
+# simulator's own commands unchanged.
 
 
-def add_spec_flags(parser) -> None:
-    """The flags `specmoe simulate` and `specmoe serve-sim` take for speculative decoding."""
-    parser.add_argument("--spec", metavar="TREE.json",
-                        help="speculative decoding with this draft tree (written by `specmoe tree`)")
-    parser.add_argument("--spec-acceptance", metavar="ACC",
-                        help="acceptance model for --spec (default: the one recorded in TREE.json)")
-    parser.add_argument("--spec-steps", type=int, default=16, help="decode steps to simulate with --spec")
+def _spec_routing(args, model):
+    """The routing for spec windows: --routing (or the embedded sample) when it fits the model,
+    else synthetic routing (a given --routing that does not fit is an error)."""
+    from specmoe.simulator.commands import _routing_trace
+    from specmoe.simulator.routing import fits
+    from specmoe.planner.tree_cost import synthetic_routing
+    trace = _routing_trace(args.routing)
+    if trace is not None and fits(trace, model):
+        return trace, f"routing windows from {trace.meta.get('source', args.routing)}"
+    if args.routing:
+        raise InputError(args.routing, "meta", f"routing does not fit {model.name} "
+                         "(expert count, top-k and MoE layers must match)")
+    return synthetic_routing(model, seed=args.seed), "synthetic routing (tree_cost.synthetic_routing)"
 
 
-def spec_report(args, model, cluster, routing, *, batch: int, ep: int | None = None,
-                context_len: int = 1024) -> dict:
-    """`specmoe simulate --spec`: the speculative decode loop's summary, as JSON."""
-    tree, acc = load_spec(args.spec, getattr(args, "spec_acceptance", None))
-    res = simulate_specdec(model, cluster, routing, tree, acc, batch=batch,
-                           steps=getattr(args, "spec_steps", 16), ep=ep, context_len=context_len,
-                           network=getattr(args, "network", "analytic"), seed=getattr(args, "seed", 0))
-    return {"tree": str(args.spec), "method": tree.method, "budget": tree.budget,
-            "expected_accepted_per_step": round(expected_accepted(tree, acc), 6), **res.to_json()}
+def simulate_cmd(args) -> int:
+    """`specmoe simulate ... --spec TREE.json`: the speculative decode loop. --batch is sequences
+    per GPU (each verifies 1 + budget tokens)."""
+    import json
+    from specmoe.simulator import commands
+    if not args.spec:
+        return commands.simulate_cmd(args)
+    from specmoe.specs import load_cluster, load_model
+    model, cluster = load_model(args.model), load_cluster(args.cluster)
+    ep = args.ep or cluster.num_gpus
+    if args.plan or args.phase != "decode":
+        raise InputError("--spec", "", "speculative decoding is simulated for decode steps without --plan")
+    routing, note = _spec_routing(args, model)
+    tree, acc = load_spec(args.spec, args.spec_acceptance)
+    res = simulate_specdec(model, cluster, routing, tree, acc, batch=args.batch * ep,
+                           steps=args.spec_steps, ep=ep, context_len=args.context,
+                           network=args.network, seed=args.seed)
+    out = {"spec": {"tree": str(args.spec), "method": tree.method, "budget": tree.budget,
+                    "expected_accepted_per_step": round(expected_accepted(tree, acc), 6), **res.to_json()},
+           "step_time_us": round(float(res.steps["step_us"].mean()), 3), "notes": [note]}
+    if args.json:
+        print(json.dumps(out, sort_keys=True, indent=1))
+        return 0
+    sp = out["spec"]
+    print(f"{model.name} on {cluster.name}, EP={ep}: speculative decoding with {args.spec} "
+          f"({tree.method}, {tree.budget} draft tokens), {args.batch * ep} sequences, {sp['steps']} steps")
+    print(f"mean step time       {sp['mean_step_time_us']:12.1f} us (verify {sp['mean_verify_us']:.1f} + draft {sp['mean_draft_us']:.1f})")
+    print(f"accepted per step    {sp['mean_accepted_per_step']:12.3f} (model: {sp['expected_accepted_per_step']:.3f})")
+    print(f"tokens/s             {sp['tokens_per_s']:12.1f} ({sp['speedup_vs_autoregressive']:.3f}x autoregressive, "
+          f"whose step is {sp['ar_step_time_us']:.1f} us)")
+    print(f"note: {note}")
+    return 0
+
+
+def serve_sim_cmd(args) -> int:
+    """`specmoe serve-sim ... --spec TREE.json`: serving with speculative decoding iterations."""
+    import json
+    from specmoe.simulator import commands
+    if not args.spec:
+        return commands.serve_sim_cmd(args)
+    from specmoe.simulator.serving import ServingConfig, StepCosts, serve
+    from specmoe.specs import load_cluster, load_model
+    from specmoe.traces.requests import load_requests
+    model, cluster = load_model(args.model), load_cluster(args.cluster)
+    ep = args.ep or cluster.num_gpus
+    if not 1 <= ep <= cluster.num_gpus:
+        raise InputError("--ep", "", f"must be in [1, {cluster.num_gpus}] for cluster {cluster.name}")
+    trace = load_requests(args.requests)
+    if args.duration:
+        trace = trace.window(args.duration)
+        if not len(trace):
+            raise InputError("--duration", "", f"no request of {args.requests} arrives within {args.duration:g} s")
+    routing, note = _spec_routing(args, model)
+    tree, acc = load_spec(args.spec, args.spec_acceptance)
+    decoder = SpecDecoder(model, cluster, routing, tree, acc, ep=ep, network=args.network, seed=args.seed)
+    costs = StepCosts(model, cluster, ep, commands._routing_trace(args.routing), args.seed, network=args.network)
+    cfg = ServingConfig(max_batch_size=args.max_batch, slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms)
+    res = serve(trace, costs, cfg, decoder=decoder, seed=args.seed)
+    res.notes.append(f"speculative decoding: {args.spec} ({tree.method}, {tree.budget} draft tokens, "
+                     f"E[accepted] {expected_accepted(tree, acc):.3f}); {note}")
+    if args.output:
+        commands._write_atomic(args.output, lambda tmp: res.requests.to_csv(tmp, index=False))
+    if args.json:
+        print(json.dumps(res.to_json(), sort_keys=True, indent=1))
+        return 0
+    s = res.summary
+    print(f"{model.name} on {cluster.name}, EP={ep}, speculative ({tree.method}, budget {tree.budget}): "
+          f"{s['served']} of {s['requests']} requests, makespan {s['makespan_s']:.1f} s")
+    print(f"throughput   {s['throughput_tokens_per_s']:.1f} output tokens/s, mean decode batch {s['mean_decode_batch']:.1f}")
+    for name in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        q = s[name]
+        print(f"{name:<8} p50 {q['p50']:10.1f}  p90 {q['p90']:10.1f}  p99 {q['p99']:10.1f}")
+    print(f"SLO attainment: {100 * s['slo_attainment']:.1f}%")
+    for n in res.notes:
+        print(f"note: {n}")
+    return 0

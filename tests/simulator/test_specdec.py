@@ -91,3 +91,30 @@ def test_load_spec_from_tree_json(tmp_path):
     with pytest.raises(InputError, match="acceptance"):
         load_spec(path)
     assert load_spec(path, "0.5,0.1")[1].p[0].tolist() == [0.5, 0.1]
+
+
+def test_simulate_and_serve_sim_with_spec(tmp_path, capsys):
+    from specmoe.cli import main
+    tree_json = tmp_path / "tree.json"
+    assert main(["tree", "--model", "deepseek-v2-lite", "--cluster", "dgx-h100", "--acceptance",
+                 "0.6,0.2", "--budget", "8", "--max-depth", "3", "-o", str(tree_json)]) == 0
+    capsys.readouterr()
+    assert main(["simulate", "--model", "deepseek-v2-lite", "--cluster", "dgx-h100", "--batch", "1",
+                 "--spec", str(tree_json), "--spec-steps", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    spec = out["spec"]
+    assert spec["steps"] == 4 and spec["batch"] == 8 and spec["budget"] <= 8
+    assert out["step_time_us"] == spec["mean_step_time_us"] > spec["ar_step_time_us"]
+    base = dict(model="mixtral-8x7b", cluster="dgx-h100", requests="azure-conv", duration="20")
+    argv = ["serve-sim"] + [x for k, v in base.items() for x in (f"--{k}", v)] + ["--json"]
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)
+    t2 = tmp_path / "m.json"
+    assert main(["tree", "--model", "mixtral-8x7b", "--cluster", "dgx-h100", "--acceptance", "0.7,0.2",
+                 "--budget", "8", "-o", str(t2)]) == 0
+    capsys.readouterr()
+    assert main(argv + ["--spec", str(t2)]) == 0
+    spec_run = json.loads(capsys.readouterr().out)
+    # speculation advances several tokens per iteration: time per output token drops
+    assert spec_run["summary"]["tpot_ms"]["p50"] < plain["summary"]["tpot_ms"]["p50"]
+    assert main(argv + ["--spec", str(tmp_path / "missing.json")]) == 2
