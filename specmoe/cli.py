@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "ESFT sample when it fits the model, else synthetic)")
     p.add_argument("--ep", type=_positive_int)
     p.add_argument("--context-len", type=_positive_int, default=1024)
+    p.add_argument("--draft", choices=["model", "lookup"], default="model",
+                   help="model: a draft model's forward per level; lookup: Token Recycling's free "
+                   "adjacency-matrix drafter (always used by --method recycling)")
     p.add_argument("--draft-params", type=_positive_float, help="draft model parameters (default: EAGLE-style head)")
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--json", action="store_true")

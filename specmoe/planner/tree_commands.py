@@ -49,7 +49,10 @@ def build_plan(args) -> dict:
     ep = args.ep or cluster.num_gpus
     if ep > cluster.num_gpus or model.num_experts % ep:
         raise InputError("--ep", "", f"{ep} must divide {model.num_experts} experts and fit {cluster.num_gpus} GPUs")
-    draft = DraftCost("model", args.draft_params) if args.draft_params else DraftCost.eagle_head(model)
+    if args.draft == "lookup":
+        draft = DraftCost("free")
+    else:
+        draft = DraftCost("model", args.draft_params) if args.draft_params else DraftCost.eagle_head(model)
     kw = dict(batch=args.batch, ep=ep, context_len=args.context_len, seed=args.seed)
     cost = VerifyCost(model, cluster, routing, **kw)
     best, evaluated = plan_tree(args.method, acc, cost, draft, args.budget, args.max_depth)
