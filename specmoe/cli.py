@@ -59,6 +59,16 @@ def _cmd(sub, name, target, help):
     return p
 
 
+def _spec_flags(p, target):
+    """Speculative decoding for `simulate` / `serve-sim` (planner (draft trees) area): with
+    --spec the command runs through specmoe.simulator.specdec, which defers to the simulator's
+    own command when --spec is absent."""
+    p.add_argument("--spec", metavar="TREE.json", help="speculative decoding with this draft tree (`specmoe tree`)")
+    p.add_argument("--spec-acceptance", metavar="ACC", help="acceptance model (default: the one in TREE.json)")
+    p.add_argument("--spec-steps", type=_positive_int, default=16, help="decode steps simulated with --spec")
+    p.set_defaults(_target=target)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="specmoe", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"specmoe {_version()}")
@@ -115,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", metavar="FILE", help="write a per-GPU timeline (PNG)")
+    _spec_flags(p, "specmoe.simulator.specdec:simulate_cmd")
     p = _cmd(sub, "serve-sim", "specmoe.simulator.commands:serve_sim_cmd",
              "simulate serving a request trace with continuous batching: TTFT, TPOT, SLOs")
     p.add_argument("--model", required=True)
@@ -131,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--output", metavar="CSV", help="write per-request metrics here")
     p.add_argument("--json", action="store_true")
+    _spec_flags(p, "specmoe.simulator.specdec:serve_sim_cmd")
     # ---- end simulator ----
 
     # ---- planner (placement): plan, plan show ----
@@ -158,7 +170,28 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- end planner (placement) ----
 
     # ---- planner (draft trees): tree ----
-    # (subcommands of this area go here)
+    p = _cmd(sub, "tree", "specmoe.planner.tree_commands:tree_cmd",
+             "plan the draft tree with the most tokens/s for a model, cluster and acceptance model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--acceptance", required=True, metavar="ACC",
+                   help="inline p_k list (0.6,0.2,0.1) or a JSON file: acceptance trace, {p: [...]} or {alpha: [...]}")
+    p.add_argument("--budget", type=_nonneg_int, help="max draft tokens (default: searched up to 128)")
+    p.add_argument("--max-depth", type=_positive_int, default=10)
+    p.add_argument("--method", default="sequoia",
+                   choices=["sequoia", "recycling", "rsd-c", "rsd-s", "chain", "eagle2"])
+    p.add_argument("--batch", type=_positive_int, default=1, help="concurrent sequences")
+    p.add_argument("--routing", help="routing trace .npz or ESFT folder (default: the embedded "
+                   "ESFT sample when it fits the model, else synthetic)")
+    p.add_argument("--ep", type=_positive_int)
+    p.add_argument("--context-len", type=_positive_int, default=1024)
+    p.add_argument("--draft", choices=["model", "lookup"], default="model",
+                   help="model: a draft model's forward per level; lookup: Token Recycling's free "
+                   "adjacency-matrix drafter (always used by --method recycling)")
+    p.add_argument("--draft-params", type=_positive_float, help="draft model parameters (default: EAGLE-style head)")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--output", metavar="TREE.json")
     # ---- end planner (draft trees) ----
 
     # ---- runtime: calibrate, validate ----
