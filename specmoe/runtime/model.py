@@ -257,11 +257,13 @@ class MoEModel(nn.Module):
         """Index of decoder layer `layer` among the MoE layers (routing traces count these)."""
         return self.cfg.moe_layers.index(layer)
 
-    def forward(self, input_ids, positions=None, cache: KVCache | None = None, moe_fn=None):
+    def forward(self, input_ids, positions=None, cache: KVCache | None = None, moe_fn=None,
+                timer=None):
         """input_ids [B, S] -> logits float32 [B, S, vocab].
 
         `moe_fn(layer, block, x [T, H]) -> [T, H]` replaces the MoE block call (EP, replay,
-        timing hook in there); default: the block itself.
+        timing hook in there); default: the block itself. `timer` (timing.PhaseTimer) gets
+        the attention, ffn and head phase boundaries; moe_fn marks the MoE phases.
         """
         b, s = input_ids.shape
         if positions is None:
@@ -271,15 +273,21 @@ class MoEModel(nn.Module):
         rope = self.cfg.rope_dim or self.cfg.head_dim
         cos, sin = rope_cos_sin(positions, rope, self.cfg.rope_theta, x.dtype)
         for i, layer in enumerate(self.layers):
+            if timer:
+                timer.phase(i, "attention")
             x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, cache)
             h = layer.post_attention_layernorm(x).reshape(b * s, -1)
             if layer.is_moe:
                 h = moe_fn(i, layer.mlp, h) if moe_fn else layer.mlp(h)
             else:
+                if timer:
+                    timer.phase(i, "ffn")
                 h = layer.mlp(h)
             x = x + h.view(b, s, -1)
         if cache is not None:
             cache.length += s
+        if timer:
+            timer.phase(-1, "head")
         return self.lm_head(self.norm(x)).float()
 
 
