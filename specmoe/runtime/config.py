@@ -39,6 +39,8 @@ class MoEConfig:
     rms_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_dim: int = 0  # 0 = head_dim (rotary on the whole head)
+    kv_lora_rank: int = 0  # > 0: DeepSeek MLA, run in its absorbed decode form (model.MLAttention)
+    qk_nope_head_dim: int = 0
     tie_embeddings: bool = False
     name: str = "moe"
     moe_layers: tuple[int, ...] = field(init=False)
@@ -61,21 +63,22 @@ class MoEConfig:
 
 
 def from_spec(spec, num_layers: int | None = None) -> MoEConfig:
-    """Build from a specs.ModelSpec. MLA attention is built in its absorbed decode form
-    (DeepSeek-V2 paper §2.1.3): one latent KV head of width kv_lora_rank + qk_rope_head_dim,
-    values the first kv_lora_rank columns. That has MLA's decode cost; it is not loadable
-    from a DeepSeek checkpoint. `num_layers` truncates the model (dense layers kept first)."""
+    """Build from a specs.ModelSpec. MLA keeps the spec's weights and runs absorbed
+    (DeepSeek-V2 paper §2.1.3): the cache holds one latent head of kv_lora_rank +
+    qk_rope_head_dim per token. `num_layers` truncates the model (dense layers kept first)."""
     a = spec.attention
     if a.kind == "gqa":
-        heads, kv, hd, vd, rope = a.num_heads, a.num_kv_heads, a.head_dim, 0, 0
+        att = dict(num_heads=a.num_heads, num_kv_heads=a.num_kv_heads, head_dim=a.head_dim)
     else:
-        heads, kv = a.num_heads, 1
-        hd, vd, rope = a.kv_lora_rank + a.qk_rope_head_dim, a.kv_lora_rank, a.qk_rope_head_dim
+        if a.q_lora_rank:
+            raise InputError(spec.name, "attention.q_lora_rank", "MLA with a query LoRA is not built")
+        att = dict(num_heads=a.num_heads, num_kv_heads=1, head_dim=a.kv_lora_rank + a.qk_rope_head_dim,
+                   v_head_dim=a.v_head_dim, rope_dim=a.qk_rope_head_dim, kv_lora_rank=a.kv_lora_rank,
+                   qk_nope_head_dim=a.qk_nope_head_dim)
     n = num_layers or spec.num_layers
     dense = tuple(range(min(spec.num_dense_layers, n - 1 if n > 1 else 0)))
     return MoEConfig(
-        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_layers=n,
-        num_heads=heads, num_kv_heads=kv, head_dim=hd, v_head_dim=vd, rope_dim=rope,
+        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_layers=n, **att,
         num_experts=spec.num_experts, top_k=spec.top_k, expert_ffn=spec.expert_intermediate_size,
         dense_ffn=spec.dense_intermediate_size, dense_layers=dense,
         shared_ffn=spec.shared_expert_intermediate_size, scoring=spec.scoring,

@@ -117,10 +117,11 @@ class EPMoE:
     bytes sent and local activation per layer.
     """
 
-    def __init__(self, layout: EPLayout, rank: int, group=None, timer=None, replay=None):
+    def __init__(self, layout: EPLayout, rank: int, group=None, timer=None, replay=None,
+                 recorder=None):
         self.layout, self.rank, self.group = layout, rank, group
         self.timer = timer or NullTimer()
-        self.replay = replay
+        self.replay, self.recorder = replay, recorder
         self.stats: list[dict] = []
 
     def __call__(self, layer: int, block, x):
@@ -128,6 +129,8 @@ class EPMoE:
         moe_i = self.layout_index(block, layer)
         t.phase(layer, "gate")
         ids, w = block.gate(x)
+        if self.recorder is not None:
+            self.recorder.add(moe_i, ids, w)
         if self.replay is not None:
             phys, w = self.replay(moe_i, x)
         else:
@@ -154,35 +157,50 @@ class EPMoE:
         return torch.as_tensor(phys, device=ids.device)
 
     def dispatch(self, x, phys, w):
-        """x [T, H], phys [T, k], w [T, k] -> received rows [R, H], meta int32 [R, 2k]."""
+        """x [T, H], phys [T, k], w [T, k] -> received rows [R, H], meta int32 [R, 2k].
+
+        One host synchronisation: the exchanged counts (needed as split sizes).
+        """
         lay, ep = self.layout, self.layout.ep
-        spr = lay.slots_per_rank
-        dst = torch.where(phys >= 0, phys // spr, torch.full_like(phys, -1))  # [T, k]
-        hit = torch.zeros(x.shape[0], ep, dtype=torch.bool, device=x.device)
-        valid = dst >= 0
-        tok = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(dst)
-        hit[tok[valid], dst[valid]] = True
-        d_idx, t_idx = torch.nonzero(hit.T, as_tuple=True)  # rows ordered by destination rank
+        spr, (t, k) = lay.slots_per_rank, phys.shape
+        dst = torch.where(phys >= 0, phys // spr, ep)  # [T, k]; ep = no expert
+        hit = torch.zeros(t, ep + 1, dtype=torch.bool, device=x.device)
+        hit = hit.scatter_(1, dst, True)[:, :ep]  # [T, ep]: token has an expert on rank d
         send_counts = hit.sum(0)  # [ep]
-        local = torch.where(dst[t_idx] == d_idx[:, None], phys[t_idx] - d_idx[:, None] * spr,
-                            torch.full_like(phys[t_idx], -1))
-        wsel = torch.where(local >= 0, w[t_idx].float(), torch.zeros_like(w[t_idx], dtype=torch.float32))
-        meta = torch.cat([local.to(torch.int32), wsel.view(torch.int32)], dim=1)  # [S, 2k]
-        recv_counts = torch.empty_like(send_counts)
-        dist.all_to_all_single(recv_counts, send_counts, group=self.group)
-        sc, rc = send_counts.tolist(), recv_counts.tolist()
-        recv_x = _a2a(x.new_empty(sum(rc), x.shape[1]), x[t_idx].contiguous(), rc, sc, self.group)
-        recv_meta = _a2a(meta.new_empty(sum(rc), meta.shape[1]), meta, rc, sc, self.group)
+        if ep == 1:
+            sc = rc = [t]
+        else:
+            recv_counts = torch.empty_like(send_counts)
+            dist.all_to_all_single(recv_counts, send_counts, group=self.group)
+            counts = torch.cat([send_counts, recv_counts]).tolist()
+            sc, rc = counts[:ep], counts[ep:]
+        order = torch.argsort((~hit.T).reshape(-1).to(torch.uint8), stable=True)[:sum(sc)]
+        d_idx, t_idx = order // t, order % t  # rows ordered by destination rank
+        pd, pw = phys[t_idx], w[t_idx].float()  # [S, k]
+        mine = (pd >= 0) & (pd // spr == d_idx[:, None])
+        local = torch.where(mine, pd - d_idx[:, None] * spr, -1)
+        meta = torch.cat([local.to(torch.int32), torch.where(mine, pw, 0.0).view(torch.int32)], 1)
+        h = x.shape[1]
+        if ep == 1:
+            recv_x, recv_meta = x[t_idx], meta
+        else:  # one all-to-all: the metadata rides as extra columns of the rows (bit-cast)
+            send = torch.cat([x[t_idx], meta.view(x.dtype).reshape(len(t_idx), -1)], 1)
+            recv = _a2a(send.new_empty(sum(rc), send.shape[1]), send, rc, sc, self.group)
+            recv_x = recv[:, :h]
+            recv_meta = recv[:, h:].contiguous().view(torch.int32).reshape(-1, 2 * k)
+        row_bytes = x.shape[1] * x.element_size()
         self.stats.append({"send_rows": sc, "recv_rows": rc,
-                           "bytes_sent": int(sum(sc[d] for d in range(ep) if d != self.rank))
-                           * x.shape[1] * x.element_size(),
-                           "local_pairs": int((dst == self.rank).sum()), "pairs": int(valid.sum())})
+                           "bytes_sent": sum(sc[d] for d in range(ep) if d != self.rank) * row_bytes,
+                           "local_pairs": (dst == self.rank).sum(), "pairs": (dst < ep).sum()})
         return recv_x, recv_meta, t_idx, (sc, rc)
 
     def combine(self, y, send_tok, splits, x):
         """Partial sums y [R, H] back to their tokens; -> [T, H]."""
         sc, rc = splits
-        back = _a2a(y.new_empty(sum(sc), y.shape[1]), y.contiguous(), sc, rc, self.group)
+        if len(sc) == 1:
+            back = y
+        else:
+            back = _a2a(y.new_empty(sum(sc), y.shape[1]), y.contiguous(), sc, rc, self.group)
         self.stats[-1]["combine_bytes_sent"] = int(
             sum(rc[d] for d in range(len(rc)) if d != self.rank)) * y.shape[1] * y.element_size()
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)

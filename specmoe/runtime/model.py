@@ -47,12 +47,13 @@ def _apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Per-layer K/V buffers `[B, kv_heads, max_len, d]`; all sequences share one length."""
+    """Per-layer K/V buffers `[B, kv_heads, max_len, d]`; all sequences share one length.
+    MLA caches only the latent (`k`, width kv_lora_rank + rope); its values are k[..., :rank]."""
 
     def __init__(self, cfg: MoEConfig, batch: int, max_len: int, device, dtype):
         shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len)
         self.k = torch.zeros(*shape, cfg.head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros(*shape, cfg.v_dim, device=device, dtype=dtype)
+        self.v = torch.zeros(*shape, 0 if cfg.kv_lora_rank else cfg.v_dim, device=device, dtype=dtype)
         self.length = 0
 
     def fill_random(self, length: int, generator=None):
@@ -89,12 +90,64 @@ class Attention(nn.Module):
         mask = None
         if s > 1:  # new token i sees the cache and new tokens 0..i
             mask = torch.ones(s, past + s, dtype=torch.bool, device=x.device).tril(past)
-        rep = cfg.num_heads // cfg.num_kv_heads
+        rep, scale = cfg.num_heads // cfg.num_kv_heads, 1.0 / math.sqrt(cfg.head_dim)
+        if s == 1:  # decode: a KV head's `rep` query heads become its query rows (no KV copy)
+            q = q.reshape(b, cfg.num_kv_heads, rep, cfg.head_dim)
+            o = F.scaled_dot_product_attention(q, k, v, scale=scale)  # [B, kv, rep, vd]
+            return self.o_proj(o.reshape(b, 1, cfg.num_heads * cfg.v_dim))
         if rep > 1:
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           scale=1.0 / math.sqrt(cfg.head_dim))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         return self.o_proj(o.transpose(1, 2).reshape(b, s, cfg.num_heads * cfg.v_dim))
+
+
+class MLAttention(nn.Module):
+    """DeepSeek multi-head latent attention, absorbed decode form (DeepSeek-V2 §2.1.3).
+
+    Weights as in the checkpoint (q_proj, kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj,
+    o_proj); W_UK is absorbed into the query and W_UV applied after attention, so attention is
+    MQA over the cached latent [c_kv (rank), k_rope]: scores q_lat . c_kv + q_rope . k_rope,
+    softmax scale 1/sqrt(nope + rope) as in the original.
+    """
+
+    def __init__(self, cfg: MoEConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        h, nh, r = cfg.hidden_size, cfg.num_heads, cfg.kv_lora_rank
+        self.nope, self.rope = cfg.qk_nope_head_dim, cfg.rope_dim
+        self.q_proj = nn.Linear(h, nh * (self.nope + self.rope), bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(h, r + self.rope, bias=False)
+        self.kv_a_layernorm = RMSNorm(r, cfg.rms_eps)
+        self.kv_b_proj = nn.Linear(r, nh * (self.nope + cfg.v_dim), bias=False)
+        self.o_proj = nn.Linear(nh * cfg.v_dim, h, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache):
+        cfg = self.cfg
+        b, s, _ = x.shape
+        nh, r, vd = cfg.num_heads, cfg.kv_lora_rank, cfg.v_dim
+        q = self.q_proj(x).view(b, s, nh, self.nope + self.rope)
+        q_nope, q_rope = q[..., :self.nope], _apply_rope(q[..., self.nope:], cos, sin)
+        kv = self.kv_a_proj_with_mqa(x)  # [B, S, r + rope]
+        c = self.kv_a_layernorm(kv[..., :r])
+        k_rope = _apply_rope(kv[..., None, r:], cos, sin)[:, :, 0]
+        w = self.kv_b_proj.weight.view(nh, self.nope + vd, r)
+        w_uk, w_uv = w[:, :self.nope], w[:, self.nope:]  # [nh, nope, r], [nh, vd, r]
+        q_lat = torch.einsum("bshn,hnr->bshr", q_nope, w_uk)
+        qf = torch.cat([q_lat, q_rope], -1).transpose(1, 2)  # [B, nh, S, r + rope]
+        past = cache.length
+        cache.k[self.layer, :b, 0, past:past + s] = torch.cat([c, k_rope], -1)
+        k = cache.k[self.layer, :b, :, :past + s]  # [B, 1, ctx, r + rope]
+        scale = 1.0 / math.sqrt(self.nope + self.rope)
+        if s == 1:
+            o = F.scaled_dot_product_attention(qf.reshape(b, 1, nh, -1), k, k[..., :r], scale=scale)
+        else:
+            mask = torch.ones(s, past + s, dtype=torch.bool, device=x.device).tril(past)
+            o = F.scaled_dot_product_attention(qf, k.expand(b, nh, -1, -1),
+                                               k[..., :r].expand(b, nh, -1, -1),
+                                               attn_mask=mask, scale=scale)
+        o = o.reshape(b, nh, s, r).transpose(1, 2)  # [B, S, nh, r]
+        o = torch.einsum("bshr,hvr->bshv", o, w_uv)
+        return self.o_proj(o.reshape(b, s, nh * vd))
 
 
 class MLP(nn.Module):
@@ -148,36 +201,39 @@ class Experts(nn.Module):
         self.w_down = nn.Parameter(torch.empty(num_slots, h, f))
 
     def forward(self, x, slot_ids, weights):
-        """x [N, H], slot_ids int [N, k] (-1 = none), weights [N, k] -> sum_j w_j expert_j(x) [N, H]."""
+        """x [N, H], slot_ids int [N, k] (-1 = none), weights [N, k] -> sum_j w_j expert_j(x) [N, H].
+
+        No host synchronisation on the grouped-GEMM path: pairs are sorted by slot with the
+        empty ones (-1) last, and the GEMMs stop at the last real pair (offs[-1]).
+        """
         n, k = slot_ids.shape
-        flat = slot_ids.reshape(-1)
-        valid = flat >= 0
-        pair = torch.nonzero(valid).squeeze(1)  # [P] indices into the flattened [N*k]
-        slot = flat[pair]
-        order = torch.argsort(slot, stable=True)
-        pair, slot = pair[order], slot[order]
-        rows = pair // k
-        xs = x[rows]  # [P, H] sorted by slot
-        y = self._grouped_swiglu(xs, slot)  # [P, H]
-        y = y.float() * weights.reshape(-1)[pair].float()[:, None]
+        e = self.w_gate.shape[0]
+        key = torch.where(slot_ids >= 0, slot_ids, e).reshape(-1).long()  # [N*k], e = none
+        order = torch.argsort(key, stable=True)
+        key = key[order]
+        rows = order // k
+        counts = torch.bincount(key, minlength=e + 1)[:e]  # [E]
+        y = self._grouped_swiglu(x[rows], counts)  # [N*k, H] sorted by slot
+        w = torch.where(key < e, weights.reshape(-1)[order].float(), 0.0)
+        y = torch.where((key < e)[:, None], y.float(), 0.0) * w[:, None]  # garbage rows -> 0
         out = torch.zeros(n, x.shape[1], dtype=torch.float32, device=x.device)
         out.index_add_(0, rows, y)
         return out.to(x.dtype)
 
-    def _grouped_swiglu(self, xs, slot):
-        counts = torch.bincount(slot, minlength=self.w_gate.shape[0])
+    def _grouped_swiglu(self, xs, counts):
+        """xs [P, H] sorted by slot, counts [E] -> [P, H]; rows past sum(counts) are garbage."""
         if xs.is_cuda and xs.dtype == torch.bfloat16 and grouped_mm_ok():
             offs = counts.cumsum(0).to(torch.int32)
             g = torch._grouped_mm(xs, self.w_gate.transpose(-2, -1), offs=offs)
             u = torch._grouped_mm(xs, self.w_up.transpose(-2, -1), offs=offs)
             return torch._grouped_mm(F.silu(g) * u, self.w_down.transpose(-2, -1), offs=offs)
-        out = torch.empty_like(xs)
+        out = torch.zeros_like(xs)
         start = 0
-        for e, c in enumerate(counts.tolist()):
+        for j, c in enumerate(counts.tolist()):
             if c:
                 seg = xs[start:start + c]
-                h = F.silu(seg @ self.w_gate[e].T) * (seg @ self.w_up[e].T)
-                out[start:start + c] = h @ self.w_down[e].T
+                h = F.silu(seg @ self.w_gate[j].T) * (seg @ self.w_up[j].T)
+                out[start:start + c] = h @ self.w_down[j].T
                 start += c
         return out
 
@@ -233,7 +289,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: MoEConfig, layer: int, num_slots: int | None = None):
         super().__init__()
         self.is_moe = layer in cfg.moe_layers
-        self.self_attn = Attention(cfg, layer)
+        self.self_attn = MLAttention(cfg, layer) if cfg.kv_lora_rank else Attention(cfg, layer)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
         self.mlp = MoEBlock(cfg, num_slots) if self.is_moe else MLP(cfg.hidden_size, cfg.dense_ffn)
@@ -266,6 +322,8 @@ class MoEModel(nn.Module):
         the attention, ffn and head phase boundaries; moe_fn marks the MoE phases.
         """
         b, s = input_ids.shape
+        if cache is None and self.cfg.kv_lora_rank:  # MLA always attends through the latent cache
+            cache = KVCache(self.cfg, b, s, input_ids.device, self.embed_tokens.weight.dtype)
         if positions is None:
             past = cache.length if cache is not None else 0
             positions = torch.arange(past, past + s, device=input_ids.device).expand(b, s)

@@ -1,0 +1,92 @@
+"""Time decode steps of an EP model with routing replay, one case at a time, on every rank.
+
+A case: `ids [N, L, k]` logical routing and `weights` for the N = ep * batch tokens of the
+step, `token2gpu [N]`, and a context length. Each rank runs its tokens' step; CUDA events
+time every phase of every layer; the step time is the slowest rank's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from specmoe.runtime.ep import EPLayout, EPMoE
+from specmoe.runtime.model import KVCache, MoEModel, init_random
+from specmoe.runtime.replay import RoutingReplay
+from specmoe.runtime.timing import PhaseTimer
+
+MOE_PHASES = ("gate", "dispatch", "experts", "combine", "shared")
+
+
+def build_rank_model(cfg, slots_per_rank: int, device, seed: int = 0) -> MoEModel:
+    """Random bf16 weights at full size, made on the device (std 0.02: activations stay finite)."""
+    with torch.device(device):
+        model = MoEModel(cfg, num_slots=slots_per_rank).to(torch.bfloat16)
+    return init_random(model, seed=seed).eval()
+
+
+def _allreduce_max(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+@torch.no_grad()
+def run_case(model: MoEModel, layout: EPLayout, rank: int, device, ids: np.ndarray,
+             weights: np.ndarray, token2gpu: np.ndarray, context: int, steps: int = 10,
+             warmup: int = 3, cache: KVCache | None = None) -> dict:
+    """Median step and per-(layer, phase) times (slowest rank), bytes and local activation."""
+    mine = np.flatnonzero(token2gpu == rank)
+    phys = np.stack([layout.to_physical(i, ids[:, i], token2gpu) for i in range(ids.shape[1])], 1)
+    replay = RoutingReplay(phys[mine], weights[mine], device)
+    b = len(mine)
+    if cache is None or cache.k.shape[1] < b or cache.k.shape[3] < context + 1:
+        cache = KVCache(model.cfg, max(b, 1), context + 1, device, torch.bfloat16)
+        cache.fill_random(context)
+    g = torch.Generator(device=device).manual_seed(rank)
+    input_ids = torch.randint(0, model.cfg.vocab_size, (b, 1), device=device, generator=g)
+    per_step, stats = [], None
+    for s in range(warmup + steps):
+        cache.length = context
+        timer = PhaseTimer(device)
+        moe = EPMoE(layout, rank, timer=timer, replay=replay)
+        if dist.is_initialized():
+            dist.barrier()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        model(input_ids, cache=cache, moe_fn=moe, timer=timer)
+        timer.stop()
+        rows = timer.rows()
+        if s >= warmup:
+            per_step.append(rows)
+            stats = moe.stats
+    keys = [(layer, ph) for layer, ph, _ in per_step[0]]
+    mat = np.array([[us for _, _, us in r] for r in per_step])  # [steps, phases]
+    flat = _allreduce_max(mat.reshape(-1).tolist() + mat.sum(1).tolist(), device)
+    mat_max = np.array(flat[:mat.size]).reshape(mat.shape)
+    step_max = np.array(flat[mat.size:])
+    phases = {}
+    for j, (layer, ph) in enumerate(keys):
+        phases.setdefault(str(layer), {})
+        phases[str(layer)][ph] = phases[str(layer)].get(ph, 0.0) + float(np.median(mat_max[:, j]))
+    moe_layers = [i for i in model.cfg.moe_layers]
+    moe_totals = np.array([[sum(mat_max[s, j] for j, (layer, ph) in enumerate(keys)
+                                if layer == i and ph in MOE_PHASES) for i in moe_layers]
+                           for s in range(mat.shape[0])])  # [steps, moe layers]
+    sent = [st["bytes_sent"] + st.get("combine_bytes_sent", 0) for st in stats]
+    local = sum(int(st["local_pairs"]) for st in stats)
+    pairs = sum(int(st["pairs"]) for st in stats)
+    return {"step_us": float(np.median(step_max)), "step_us_all": step_max.tolist(),
+            "moe_layer_us": float(np.median(moe_totals.mean(1))), "phases": phases,
+            "tokens_local": b, "bytes_sent_rank": _gather_list(sum(sent), device),
+            "local_activation_rate_rank": _gather_list(local / max(pairs, 1), device)}
+
+
+def _gather_list(value: float, device) -> list[float]:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [float(value)]
+    t = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
+    t[dist.get_rank()] = float(value)
+    dist.all_reduce(t)
+    return t.tolist()
