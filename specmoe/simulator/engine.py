@@ -1,0 +1,87 @@
+"""The simpy engine of one step: micro-batches walk the layers, sharing a compute stream and a
+communication stream.
+
+Each layer is attention -> gate -> dispatch -> experts -> combine (dense layers: attention ->
+FFN). Compute phases end when the slowest GPU ends (the EP group runs in lockstep, as the
+collectives between phases synchronise it). With two micro-batches, one micro-batch's
+collectives overlap the other's compute (DeepSeek's two-micro-batch overlap); with one they
+run back to back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import simpy
+
+COMPUTE_PHASES = ("attention", "gate", "experts")
+COMM_PHASES = ("attention_comm", "dispatch", "combine")
+
+
+@dataclass
+class LayerWork:
+    """What one micro-batch does in one layer.
+
+    compute: phase -> float [ep] microseconds per GPU (attention, gate, experts)
+    comm:    phase -> a `Comm` (attention_comm for TP attention, dispatch, combine)
+    """
+
+    compute: dict[str, np.ndarray]
+    comm: dict[str, "Comm"] = field(default_factory=dict)
+
+
+@dataclass
+class Comm:
+    """A collective: a fixed time (analytic tier) or a simpy process factory (flow tier)."""
+
+    time_s: float = 0.0
+    process: Callable | None = None  # process(env) -> generator; its duration is the cost
+
+
+@dataclass
+class Record:
+    micro_batch: int
+    layer: int
+    phase: str
+    start_s: float
+    end_s: float
+    per_gpu_s: np.ndarray | None  # compute phases: each GPU's busy time
+
+
+def run(work: list[list[LayerWork]]) -> list[Record]:
+    """Simulate micro-batches `work[m][layer]`; returns one Record per phase executed."""
+    env = simpy.Environment()
+    compute = simpy.Resource(env, capacity=1)
+    comm = simpy.Resource(env, capacity=1)
+    records: list[Record] = []
+
+    def compute_phase(m, layer, phase, per_gpu_us):
+        with compute.request() as req:
+            yield req
+            start = env.now
+            yield env.timeout(float(per_gpu_us.max(initial=0.0)) * 1e-6)
+            records.append(Record(m, layer, phase, start, env.now, per_gpu_us * 1e-6))
+
+    def comm_phase(m, layer, phase, c: Comm):
+        with comm.request() as req:
+            yield req
+            start = env.now
+            if c.process is not None:
+                yield env.process(c.process(env))
+            else:
+                yield env.timeout(c.time_s)
+            records.append(Record(m, layer, phase, start, env.now, None))
+
+    def micro_batch(m, layers):
+        for i, lw in enumerate(layers):
+            for phase in ("attention", "attention_comm", "gate", "dispatch", "experts", "combine"):
+                if phase in lw.compute:
+                    yield from compute_phase(m, i, phase, lw.compute[phase])
+                elif phase in lw.comm:
+                    yield from comm_phase(m, i, phase, lw.comm[phase])
+
+    for m, layers in enumerate(work):
+        env.process(micro_batch(m, layers))
+    env.run()
+    return records
