@@ -139,7 +139,7 @@ class MLAttention(nn.Module):
         k = cache.k[self.layer, :b, :, :past + s]  # [B, 1, ctx, r + rope]
         scale = 1.0 / math.sqrt(self.nope + self.rope)
         if s == 1:
-            o = F.scaled_dot_product_attention(qf.reshape(b, 1, nh, -1), k, k[..., :r], scale=scale)
+            o = F.scaled_dot_product_attention(qf.reshape(b, 1, nh, r + self.rope), k, k[..., :r], scale=scale)
         else:
             mask = torch.ones(s, past + s, dtype=torch.bool, device=x.device).tril(past)
             o = F.scaled_dot_product_attention(qf, k.expand(b, nh, -1, -1),
@@ -222,6 +222,8 @@ class Experts(nn.Module):
 
     def _grouped_swiglu(self, xs, counts):
         """xs [P, H] sorted by slot, counts [E] -> [P, H]; rows past sum(counts) are garbage."""
+        if xs.shape[0] == 0:
+            return xs
         if xs.is_cuda and xs.dtype == torch.bfloat16 and grouped_mm_ok():
             offs = counts.cumsum(0).to(torch.int32)
             g = torch._grouped_mm(xs, self.w_gate.transpose(-2, -1), offs=offs)
@@ -334,14 +336,14 @@ class MoEModel(nn.Module):
             if timer:
                 timer.phase(i, "attention")
             x = x + layer.self_attn(layer.input_layernorm(x), cos, sin, cache)
-            h = layer.post_attention_layernorm(x).reshape(b * s, -1)
+            h = layer.post_attention_layernorm(x).reshape(b * s, self.cfg.hidden_size)
             if layer.is_moe:
                 h = moe_fn(i, layer.mlp, h) if moe_fn else layer.mlp(h)
             else:
                 if timer:
                     timer.phase(i, "ffn")
                 h = layer.mlp(h)
-            x = x + h.view(b, s, -1)
+            x = x + h.view(b, s, self.cfg.hidden_size)
         if cache is not None:
             cache.length += s
         if timer:

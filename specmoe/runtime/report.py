@@ -1,0 +1,127 @@
+"""`specmoe validate --report`: predicted (simulator + calibration) against measured.
+
+For every measured case (validate.py) the simulator prices the same step: same model, EP
+degree, routing (the replayed trace rows), token2gpu and placement, cluster preset by link
+mode (nvlink -> h200x2-nvlink, slow -> h200x2-slow). Two figures per case: step time and
+MoE-layer time (mean over MoE layers of the whole layer, attention included, as
+StepResult.moe_layer_us).
+
+Held-out protocol: the batch sizes alternate between a calibration part and a held-out part.
+On the calibration part we fit, per figure and link mode, measured = a + b * simulated by
+least squares (a absorbs the runtime's fixed per-step costs the simulator does not model:
+kernel launches, host synchronisations, the count exchange before each dispatch). Errors are
+reported on the held-out part only, with the raw simulator's errors beside them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from specmoe.errors import InputError
+
+CLUSTER_BY_MODE = {"nvlink": "h200x2-nvlink", "slow": "h200x2-slow"}
+FIGURES = ("step_us", "moe_layer_us")
+
+
+def _load_measured(path) -> dict:
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(path, "", f"not a readable measured JSON ({e})") from None
+    if d.get("kind") != "specmoe.validate.measured":
+        raise InputError(path, "kind", "expected specmoe.validate.measured (written by specmoe validate)")
+    return d
+
+
+def simulate_cases(measured: dict, calibration, trace) -> list[dict]:
+    """One row per case: the measured figures and the simulator's."""
+    from specmoe.simulator.step import simulate_step
+    from specmoe.specs import load_cluster, load_model
+
+    spec = load_model(measured["model"])
+    if measured["num_layers"] != spec.num_layers:
+        spec = dataclasses.replace(spec, num_layers=measured["num_layers"])
+    n_moe = spec.num_moe_layers
+    cluster = load_cluster(CLUSTER_BY_MODE[measured["mode"]])
+    out = []
+    for c in measured["cases"]:
+        plan = measured["plans"][c["plan"]]
+        ids = trace.topk_ids[np.asarray(c["rows"]), :n_moe].astype(np.int64)
+        res = simulate_step(spec, cluster, ep=c["ep"], topk_ids=ids,
+                            token2gpu=np.asarray(c["token2gpu"], np.int64),
+                            phy2log=np.asarray(plan["physical_to_logical_map"])[:n_moe],
+                            phase="decode", context_len=measured["context"], calibration=calibration)
+        out.append({"case": c["case"], "plan": c["plan"], "ep": c["ep"], "mode": c["mode"],
+                    "batch": c["batch"], "measured": {f: c[f] for f in FIGURES},
+                    "simulated": {"step_us": res.step_time_us, "moe_layer_us": res.moe_layer_us},
+                    "notes": res.notes})
+    return out
+
+
+def split_batches(batches: list[int]) -> tuple[set, set]:
+    """Alternate sorted batch sizes: even positions calibrate, odd ones are held out."""
+    b = sorted(set(batches))
+    return set(b[0::2]), set(b[1::2])
+
+
+def fit_linear(sim: np.ndarray, meas: np.ndarray) -> tuple[float, float]:
+    """Least-squares measured = a + b * sim (relative weighting: rows divided by measured)."""
+    w = 1.0 / meas
+    A = np.stack([w, sim * w], 1)
+    (a, b), *_ = np.linalg.lstsq(A, np.ones_like(meas), rcond=None)
+    return float(a), float(b)
+
+
+def abs_rel(pred, meas) -> np.ndarray:
+    return np.abs(np.asarray(pred) - np.asarray(meas)) / np.asarray(meas)
+
+
+def build_report(rows: list[dict], name: str) -> dict:
+    cal_b, held_b = split_batches([r["batch"] for r in rows])
+    fits, table = {}, []
+    for mode in sorted({r["mode"] + f"-ep{r['ep']}" for r in rows}):
+        sel = [r for r in rows if r["mode"] + f"-ep{r['ep']}" == mode]
+        for f in FIGURES:
+            cal = [r for r in sel if r["batch"] in cal_b]
+            a, b = fit_linear(np.array([r["simulated"][f] for r in cal]),
+                              np.array([r["measured"][f] for r in cal]))
+            fits[f"{mode}/{f}"] = {"a_us": a, "b": b, "n": len(cal)}
+            for r in sel:
+                table.append({"case": r["case"], "figure": f, "mode": r["mode"], "ep": r["ep"],
+                              "plan": r["plan"], "batch": r["batch"],
+                              "split": "calibration" if r["batch"] in cal_b else "held_out",
+                              "simulated_us": r["simulated"][f],
+                              "predicted_us": a + b * r["simulated"][f],
+                              "measured_us": r["measured"][f]})
+    held = [t for t in table if t["split"] == "held_out"]
+    summary = {}
+    for f in FIGURES + ("all",):
+        ts = [t for t in held if f in ("all", t["figure"])]
+        e = abs_rel([t["predicted_us"] for t in ts], [t["measured_us"] for t in ts])
+        raw = abs_rel([t["simulated_us"] for t in ts], [t["measured_us"] for t in ts])
+        summary[f] = {"median_abs_rel_error": float(np.median(e)), "p90_abs_rel_error":
+                      float(np.percentile(e, 90)), "raw_median_abs_rel_error": float(np.median(raw)),
+                      "raw_p90_abs_rel_error": float(np.percentile(raw, 90)), "n": len(ts)}
+    return {"name": name, "calibration_batches": sorted(cal_b), "held_out_batches": sorted(held_b),
+            "median_abs_rel_error": summary["all"]["median_abs_rel_error"],
+            "p90_abs_rel_error": summary["all"]["p90_abs_rel_error"], "by_figure": summary,
+            "fits": fits, "rows": table, "speculative_benefit": benefit(table)}
+
+
+def benefit(table: list[dict]) -> list[dict]:
+    """Step-time benefit of each non-contiguous plan over `contiguous` at the same mode, EP
+    and batch: 1 - t_plan / t_contiguous, measured and predicted."""
+    step = {(t["mode"], t["ep"], t["batch"], t["plan"]): t for t in table if t["figure"] == "step_us"}
+    out = []
+    for (mode, ep, b, plan), t in sorted(step.items()):
+        base = step.get((mode, ep, b, "contiguous"))
+        if plan == "contiguous" or base is None:
+            continue
+        out.append({"mode": mode, "ep": ep, "batch": b, "plan": plan,
+                    "measured": 1 - t["measured_us"] / base["measured_us"],
+                    "predicted": 1 - t["predicted_us"] / base["predicted_us"],
+                    "simulated_raw": 1 - t["simulated_us"] / base["simulated_us"]})
+    return out
