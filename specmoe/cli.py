@@ -100,7 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- end simulator ----
 
     # ---- planner (placement): plan, plan show ----
-    # (subcommands of this area go here)
+    p = _cmd(sub, "plan", "specmoe.planner.commands:plan_cmd",
+             "fit an expert placement + token schedule on a routing trace and score it on held-out "
+             "sequences; `plan show PLAN` prints a plan's summary")
+    p.add_argument("action", nargs="?", choices=["show"], help="show: summarise PLAN")
+    p.add_argument("plan_file", nargs="?", metavar="PLAN", help="plan file (with `show`)")
+    p.add_argument("--model", help="model preset or YAML")
+    p.add_argument("--cluster", help="cluster preset or YAML")
+    p.add_argument("--routing", help="routing trace .npz (default: the embedded ESFT sample)")
+    p.add_argument("--ep", type=_positive_int, help="EP size (default: all GPUs of the cluster)")
+    p.add_argument("--method", default="speculative",
+                   choices=["contiguous", "round-robin", "eplb", "greedy", "grouping", "speculative"])
+    p.add_argument("--attention", default="tp", choices=["tp", "dp"],
+                   help="attention parallelism; decides the token-shuffling policy")
+    p.add_argument("--redundant", type=_nonneg_int, default=0, help="redundant expert slots")
+    p.add_argument("--profile-frac", type=_fraction, default=0.25)
+    p.add_argument("--balance", type=_positive_float, default=1.10,
+                   help="max/mean GPU load bound for grouping (default 1.10)")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--export", choices=["sglang", "vllm"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--output")
     # ---- end planner (placement) ----
 
     # ---- planner (draft trees): tree ----
