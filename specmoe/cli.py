@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _cmd(sub, "validate", "specmoe.runtime.commands:validate_cmd",
              "run plans on GPUs with routing replay (torchrun), or --report: compare with the simulator")
     p.add_argument("plans", nargs="*", metavar="PLAN.json")
-    p.add_argument("--trace", help="routing .npz replayed by the runtime")
+    p.add_argument("--trace", help="routing .npz replayed by the runtime (with --report: overrides the path recorded)")
     p.add_argument("--trace-split", type=_fraction,
                    help="use only the sequences after this fraction (the planner saw the rest)")
     p.add_argument("--batches", default="1,2,4,8,16,32,64,128,256,512", help="tokens per GPU")

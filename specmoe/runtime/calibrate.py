@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 from specmoe.runtime.config import from_spec
-from specmoe.runtime.model import MLP, DecoderLayer, Experts, KVCache, init_random, rope_cos_sin
+from specmoe.runtime.model import (MLP, Attention, Experts, KVCache, MLAttention, init_random,
+                                   rope_cos_sin)
 
 GEMM_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 # (n, k) the simulator asks for: attention projections (n = weight_elems / hidden), gate,
@@ -111,7 +112,7 @@ def attention_grid(device) -> list[dict]:
         spec = load_model(name)
         cfg = from_spec(spec, num_layers=1)
         a, h = spec.attention, spec.hidden_size
-        attn = DecoderLayer(cfg, 0).self_attn
+        attn = MLAttention(cfg, 0) if cfg.kv_lora_rank else Attention(cfg, 0)
         attn = init_random(attn.to(device=device, dtype=torch.bfloat16))
         proj_n = -(-a.weight_elems(h) // h)
         wp = _randn((h, proj_n), device)[0]

@@ -13,8 +13,6 @@ import numpy as np
 
 from specmoe.errors import InputError
 
-ROUND_ROBIN_POLICIES = (None, "none", "round_robin", "contiguous", "static")
-
 
 @dataclass
 class RunPlan:
@@ -23,7 +21,7 @@ class RunPlan:
     cluster: str | None
     ep: int
     phy2log: np.ndarray  # [num_moe_layers, num_physical]
-    policy: str  # round_robin | request_affinity
+    policy: str  # token_schedule.policy: none | dp-request | tp-token
     source: str
 
 
@@ -57,8 +55,9 @@ def load_run_plan(path) -> RunPlan:
                          f"ep={ep}, got shape {list(phy2log.shape)}")
     ts = d.get("token_schedule") or {}
     policy = ts.get("policy") if isinstance(ts, dict) else None
-    policy = "round_robin" if policy in ROUND_ROBIN_POLICIES else "request_affinity"
+    policy = policy or "none"
     cluster = d.get("cluster")
     if isinstance(cluster, dict):
         cluster = cluster.get("name")
-    return RunPlan(d.get("name") or path.stem, model, cluster, ep, phy2log, policy, str(path))
+    name = d.get("name") or path.stem.removeprefix("plan-")
+    return RunPlan(name, model, cluster, ep, phy2log, policy, str(path))

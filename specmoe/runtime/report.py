@@ -125,3 +125,91 @@ def benefit(table: list[dict]) -> list[dict]:
                     "predicted": 1 - t["predicted_us"] / base["predicted_us"],
                     "simulated_raw": 1 - t["simulated_us"] / base["simulated_us"]})
     return out
+
+
+def markdown(rep: dict, command: str) -> str:
+    bf = rep["by_figure"]
+    lines = [f"# Validation: {rep['name']}", "",
+             f"Command: `{command}`", "",
+             f"Calibration batches (tokens/GPU): {rep['calibration_batches']}; held out: "
+             f"{rep['held_out_batches']}.", "",
+             "| figure | n | median abs rel error | p90 | raw simulator median | raw p90 |",
+             "|---|---|---|---|---|---|"]
+    for f, s in bf.items():
+        lines.append(f"| {f} | {s['n']} | {s['median_abs_rel_error']:.1%} | {s['p90_abs_rel_error']:.1%}"
+                     f" | {s['raw_median_abs_rel_error']:.1%} | {s['raw_p90_abs_rel_error']:.1%} |")
+    lines += ["", "## Held-out cases", "",
+              "| case | figure | predicted us | measured us | error | raw simulator us |", "|---|---|---|---|---|---|"]
+    for r in rep["rows"]:
+        if r["split"] == "held_out":
+            e = (r["predicted_us"] - r["measured_us"]) / r["measured_us"]
+            lines.append(f"| {r['case']} | {r['figure']} | {r['predicted_us']:.1f} | "
+                         f"{r['measured_us']:.1f} | {e:+.1%} | {r['simulated_us']:.1f} |")
+    if rep["speculative_benefit"]:
+        lines += ["", "## Step-time benefit over contiguous (1 - t / t_contiguous)", "",
+                  "| mode | ep | batch | plan | measured | predicted | raw simulator |", "|---|---|---|---|---|---|---|"]
+        for b in rep["speculative_benefit"]:
+            lines.append(f"| {b['mode']} | {b['ep']} | {b['batch']} | {b['plan']} | {b['measured']:+.1%}"
+                         f" | {b['predicted']:+.1%} | {b['simulated_raw']:+.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rep: dict, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, f in zip(axes, FIGURES):
+        for split, marker in (("calibration", "o"), ("held_out", "^")):
+            for mode, color in (("nvlink", "tab:blue"), ("slow", "tab:red")):
+                rs = [r for r in rep["rows"] if r["figure"] == f and r["split"] == split and r["mode"] == mode]
+                if rs:
+                    ax.scatter([r["measured_us"] for r in rs], [r["predicted_us"] for r in rs],
+                               marker=marker, color=color, alpha=0.7, label=f"{mode} {split}")
+        lo = min(r["measured_us"] for r in rep["rows"] if r["figure"] == f)
+        hi = max(r["measured_us"] for r in rep["rows"] if r["figure"] == f)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("measured us")
+        ax.set_ylabel("predicted us")
+        ax.set_title(f"{f}: held-out median {rep['by_figure'][f]['median_abs_rel_error']:.1%}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report_cmd(args) -> int:
+    import shlex
+    import sys
+
+    from specmoe.runtime.commands import write_json_atomic
+    from specmoe.simulator.calibration import load_calibration
+    from specmoe.traces.routing import load
+
+    cal = load_calibration(args.calibration) if args.calibration else None
+    rows, measured_cmds = [], []
+    for path in args.report:
+        m = _load_measured(path)
+        trace = load(args.trace or m["trace"]["path"])
+        split = m["trace"].get("held_out_after_split")
+        if split:
+            trace = trace.split_by_sequence(split)[1]
+        rows += simulate_cases(m, cal, trace)
+        measured_cmds.append(m.get("command", ""))
+    name = args.name or "validation"
+    rep = build_report(rows, name)
+    command = "specmoe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    rep.update(command=command, measured_commands=measured_cmds,
+               calibration=args.calibration, simulator_notes=sorted({n for r in rows for n in r["notes"]}))
+    out = Path(args.out_dir)
+    write_json_atomic(out / f"{name}.json", rep)
+    (out / f"{name}.md").write_text(markdown(rep, command))
+    plot(rep, out / f"{name}.png")
+    bf = rep["by_figure"]
+    for f, s in bf.items():
+        print(f"{f:14s} held-out median {s['median_abs_rel_error']:.1%}  p90 {s['p90_abs_rel_error']:.1%}"
+              f"  (raw simulator {s['raw_median_abs_rel_error']:.1%} / {s['raw_p90_abs_rel_error']:.1%})")
+    return 0

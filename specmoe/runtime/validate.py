@@ -36,12 +36,12 @@ def sha256(path) -> str:
 
 
 def case_tokens(trace: RoutingTrace, n: int, seed: int, num_moe_layers: int):
-    """Rows, routing ids/weights [n, L, k] and the previous tokens' ids (the predictor's input)."""
-    rows, prev = decode_rows(trace, n, np.random.default_rng(seed))
+    """n trace rows (decode tokens: each has its request's previous token in the trace) and
+    their routing ids and weights `[n, L, k]`."""
+    rows, _ = decode_rows(trace, n, np.random.default_rng(seed))
     ids = trace.topk_ids[rows, :num_moe_layers].astype(np.int64)
     w = trace.topk_weights[rows, :num_moe_layers]
-    pred = trace.topk_ids[prev, :num_moe_layers].astype(np.int64)
-    return rows, ids, w, pred
+    return rows, ids, w
 
 
 def measure(plans: list[RunPlan], trace: RoutingTrace, trace_path, batches, context: int,
@@ -65,11 +65,10 @@ def measure(plans: list[RunPlan], trace: RoutingTrace, trace_path, batches, cont
     models = {s: build_rank_model(cfg, s, device, seed=seed + rank) for s in sorted(slots)}
     cases = []
     for b in batches:
-        rows, ids, w, pred = case_tokens(trace, world * b, seed + b, n_moe)
+        rows, ids, w = case_tokens(trace, world * b, seed + b, n_moe)
         for p in plans:
             layout = EPLayout(p.phy2log[:n_moe], p.ep, cfg.num_experts)
-            t2g = schedule.token2gpu(p.policy, len(rows), p.ep, pred_ids=pred,
-                                     phy2log=layout.phy2log, tokens_per_gpu=b)
+            t2g = schedule.token2gpu(p.policy, rows, trace, p.phy2log, p.ep, p.source)
             m = run_case(models[layout.slots_per_rank], layout, rank, device, ids, w, t2g,
                          context, steps=steps)
             name = f"{p.name}-ep{p.ep}-{link_mode()}-b{b}"
