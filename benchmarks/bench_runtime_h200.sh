@@ -6,11 +6,11 @@ set -u
 R=${RESULTS:?}; T=${TRACE:?}; P=docs/validation/plans
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 run() { echo "+ $*"; timeout "${STEP_TIMEOUT:-170}" "$@"; echo "rc=$?"; }
-TR="torchrun --nproc-per-node"
-export SPECMOE_LAUNCHER="$TR 2"
+TR=${TR:-"python3 -m torch.distributed.run --nproc-per-node"}
+export SPECMOE_LAUNCHER="torchrun --nproc-per-node 2"
 run $TR 2 -m specmoe.cli calibrate -o $R/h200.json
-NCCL_P2P_DISABLE=1 run $TR 2 -m specmoe.cli calibrate -o $R/h200.json --collectives-only --update
 V="--trace $T --trace-split 0.25 ${VALIDATE_ARGS:-}"
 run $TR 2 -m specmoe.cli validate $P/plan-contiguous.json $P/plan-eplb.json $P/plan-speculative.json $V -o $R/measured-nvlink-ep2.json
 NCCL_P2P_DISABLE=1 run $TR 2 -m specmoe.cli validate $P/plan-contiguous.json $P/plan-eplb.json $P/plan-speculative.json $V -o $R/measured-slow-ep2.json
-SPECMOE_LAUNCHER="$TR 1" run $TR 1 -m specmoe.cli validate $P/plan-ep1.json $V -o $R/measured-nvlink-ep1.json
+NCCL_P2P_DISABLE=1 run $TR 2 -m specmoe.cli calibrate -o $R/h200.json --collectives-only --update
+SPECMOE_LAUNCHER="torchrun --nproc-per-node 1" run $TR 1 -m specmoe.cli validate $P/plan-ep1.json $V -o $R/measured-nvlink-ep1.json
