@@ -35,32 +35,54 @@ def _allreduce_max(values: list[float], device) -> list[float]:
 @torch.no_grad()
 def run_case(model: MoEModel, layout: EPLayout, rank: int, device, ids: np.ndarray,
              weights: np.ndarray, token2gpu: np.ndarray, context: int, steps: int = 10,
-             warmup: int = 3, cache: KVCache | None = None) -> dict:
-    """Median step and per-(layer, phase) times (slowest rank), bytes and local activation."""
+             warmup: int = 3, graphs: bool = True) -> dict:
+    """Median step and per-(layer, phase) times (slowest rank), bytes and local activation.
+
+    graphs (CUDA only): the sync-free replay step captured as CUDA graphs (graphstep.py);
+    otherwise the eager live path (ep.EPMoE) with the replayed routing.
+    """
     mine = np.flatnonzero(token2gpu == rank)
     phys = np.stack([layout.to_physical(i, ids[:, i], token2gpu) for i in range(ids.shape[1])], 1)
-    replay = RoutingReplay(phys[mine], weights[mine], device)
     b = len(mine)
-    if cache is None or cache.k.shape[1] < b or cache.k.shape[3] < context + 1:
-        cache = KVCache(model.cfg, max(b, 1), context + 1, device, torch.bfloat16)
-        cache.fill_random(context)
-    g = torch.Generator(device=device).manual_seed(rank)
-    input_ids = torch.randint(0, model.cfg.vocab_size, (b, 1), device=device, generator=g)
-    per_step, stats = [], None
+    cache = KVCache(model.cfg, max(b, 1), context + 1, device, torch.bfloat16)
+    cache.fill_random(context)
+    graphs = graphs and torch.device(device).type == "cuda"
+    if graphs:
+        from specmoe.runtime.graphstep import ReplayStep
+        step = ReplayStep(model, layout, rank, device, phys, weights, token2gpu, cache, context)
+        captured = step.capture()
+        run, mode = step.run_timed, ("cuda_graphs" if captured else "sync_free_eager")
+    else:
+        replay = RoutingReplay(phys[mine], weights[mine], device)
+        g = torch.Generator(device=device).manual_seed(rank)
+        input_ids = torch.randint(0, model.cfg.vocab_size, (b, 1), device=device, generator=g)
+        mode, moe = "eager", None
+
+        def run():
+            nonlocal moe
+            cache.length = context
+            timer = PhaseTimer(device)
+            moe = EPMoE(layout, rank, timer=timer, replay=replay)
+            model(input_ids, cache=cache, moe_fn=moe, timer=timer)
+            timer.stop()
+            return timer.rows()
+    per_step = []
     for s in range(warmup + steps):
-        cache.length = context
-        timer = PhaseTimer(device)
-        moe = EPMoE(layout, rank, timer=timer, replay=replay)
         if dist.is_initialized():
             dist.barrier()
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
-        model(input_ids, cache=cache, moe_fn=moe, timer=timer)
-        timer.stop()
-        rows = timer.rows()
+        rows = run()
         if s >= warmup:
             per_step.append(rows)
-            stats = moe.stats
+    if graphs:
+        sent, local, pairs = step.bytes_sent, step.local_pairs, step.pairs
+        del step
+        torch.cuda.empty_cache()
+    else:
+        sent = sum(st["bytes_sent"] + st.get("combine_bytes_sent", 0) for st in moe.stats)
+        local = sum(int(st["local_pairs"]) for st in moe.stats)
+        pairs = sum(int(st["pairs"]) for st in moe.stats)
     keys = [(layer, ph) for layer, ph, _ in per_step[0]]
     mat = np.array([[us for _, _, us in r] for r in per_step])  # [steps, phases]
     flat = _allreduce_max(mat.reshape(-1).tolist() + mat.sum(1).tolist(), device)
@@ -76,13 +98,10 @@ def run_case(model: MoEModel, layout: EPLayout, rank: int, device, ids: np.ndarr
     # whole MoE layer (attention + MoE phases, as the simulator's moe_layer_us) and MoE block only
     whole = np.stack([mat_max[:, layer_of == i].sum(1) for i in moe_layers], 1)  # [steps, L_moe]
     block = np.stack([mat_max[:, (layer_of == i) & is_moe_phase].sum(1) for i in moe_layers], 1)
-    sent = [st["bytes_sent"] + st.get("combine_bytes_sent", 0) for st in stats]
-    local = sum(int(st["local_pairs"]) for st in stats)
-    pairs = sum(int(st["pairs"]) for st in stats)
     return {"step_us": float(np.median(step_max)), "step_us_all": step_max.tolist(),
             "moe_layer_us": float(np.median(whole.mean(1))),
             "moe_block_us": float(np.median(block.mean(1))), "phases": phases,
-            "tokens_local": b, "bytes_sent_rank": _gather_list(sum(sent), device),
+            "tokens_local": b, "bytes_sent_rank": _gather_list(sent, device), "timing": mode,
             "local_activation_rate_rank": _gather_list(local / max(pairs, 1), device)}
 
 

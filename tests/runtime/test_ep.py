@@ -83,3 +83,57 @@ def test_layout_rejects_missing_expert():
     from specmoe.errors import InputError
     with pytest.raises(InputError, match=r"physical_to_logical_map\[0\]"):
         EPLayout(np.array([[0, 0, 1, 1]]), 2, 3)
+
+
+def _replay_main(rank, world, over, phy2log, t2g, ids, phys_ids, w, out_dir):
+    from specmoe.runtime.graphstep import ReplayStep
+    from specmoe.runtime.model import KVCache
+    full = _model(**over)
+    layout = EPLayout(np.asarray(phy2log), world, full.cfg.num_experts)
+    local = shard_model(full, layout, rank).eval()
+    cache = KVCache(full.cfg, max(int((t2g == rank).sum()), 1), 5, "cpu", torch.float32)
+    cache.fill_random(4, generator=torch.Generator().manual_seed(5))
+    step = ReplayStep(local, layout, rank, "cpu", phys_ids, w, t2g, cache, context=4)
+    step.buf["ids"] = torch.as_tensor(ids)[np.flatnonzero(t2g == rank)][:, None]
+    with torch.no_grad():
+        logits = step.run_eager()
+    np.save(f"{out_dir}/replay{rank}.npy", logits.numpy())
+    np.save(f"{out_dir}/meta{rank}.npy", np.array([step.bytes_sent, step.local_pairs, step.pairs]))
+
+
+def test_replay_step_matches_model_with_forced_routing(tmp_path):
+    """The host-planned, sync-free step (graphstep.ReplayStep, eager on CPU) equals the
+    single-process model whose gates are forced to the same routing, at a random KV context."""
+    from specmoe.runtime.model import KVCache
+    world, rng = 2, np.random.default_rng(11)
+    phy2log = np.stack([rng.permutation(6) for _ in range(2)])
+    n = 5
+    ids = rng.integers(0, 50, n)
+    logical = np.stack([np.stack([rng.permutation(6)[:3] for _ in range(2)]) for _ in range(n)])
+    logical[0, 1, 2] = -1  # a token that skips one choice
+    w = rng.random(logical.shape).astype(np.float32)
+    t2g = np.array([1, 0, 1, 1, 0])
+    layout = EPLayout(phy2log, world, 6)
+    phys = np.stack([layout.to_physical(i, logical[:, i], t2g) for i in range(2)], 1)
+    spawn(_replay_main, world, {}, phy2log, t2g, ids, phys, w, str(tmp_path))
+    full = _model()
+    cache = KVCache(full.cfg, n, 5, "cpu", torch.float32)
+    cache.fill_random(4, generator=torch.Generator().manual_seed(5))
+    # each rank filled its own cache from the same seed: rank r's rows are the first rows
+    forced = {1: 0, 2: 1}
+
+    def moe_fn(layer, block, x):
+        i = forced[layer]
+        sel = torch.as_tensor(order)
+        return block(x, (torch.as_tensor(logical[sel, i]), torch.as_tensor(w[sel, i])))
+    got = np.zeros((n, 1, 50), np.float32)
+    for r in range(world):
+        order = np.flatnonzero(t2g == r)
+        c = KVCache(full.cfg, len(order), 5, "cpu", torch.float32)
+        c.fill_random(4, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            ref = full(torch.as_tensor(ids[order])[:, None], cache=c, moe_fn=moe_fn)
+        got[order] = np.load(tmp_path / f"replay{r}.npy")
+        assert np.abs(got[order] - ref.numpy()).max() < 1e-5
+    meta = np.load(tmp_path / "meta0.npy")
+    assert meta[2] == (phys[t2g == 0] >= 0).sum()
