@@ -72,6 +72,9 @@ def fit_linear(sim: np.ndarray, meas: np.ndarray) -> tuple[float, float]:
     w = 1.0 / meas
     A = np.stack([w, sim * w], 1)
     (a, b), *_ = np.linalg.lstsq(A, np.ones_like(meas), rcond=None)
+    if b <= 0:  # noise-dominated: a negative slope predicts nothing; keep the offset only
+        b = 1.0
+        a = float(np.sum((meas - sim) * w * w) / np.sum(w * w))
     return float(a), float(b)
 
 
