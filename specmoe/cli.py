@@ -96,7 +96,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0)
 
     # ---- simulator: simulate, serve-sim ----
-    # (subcommands of this area go here)
+    p = _cmd(sub, "simulate", "specmoe.simulator.commands:simulate_cmd",
+             "simulate one decode or prefill step: per-layer breakdown, bytes per link class")
+    p.add_argument("--model", required=True, help="model preset or YAML")
+    p.add_argument("--cluster", required=True, help="cluster preset or YAML")
+    p.add_argument("--ep", type=_positive_int, help="EP degree (default: all GPUs, or the plan's)")
+    p.add_argument("--routing", help="routing trace .npz (default: the embedded ESFT sample; "
+                   "synthetic routing when it does not fit the model)")
+    p.add_argument("--plan", help="plan JSON: placement.physical_to_logical_map and parallel.ep")
+    p.add_argument("--batch", type=_positive_int, default=64, help="tokens per GPU (default 64)")
+    p.add_argument("--phase", choices=["decode", "prefill"], default="decode")
+    p.add_argument("--context", type=_positive_int, default=1024,
+                   help="decode: cached tokens per sequence; prefill: prompt length (default 1024)")
+    p.add_argument("--attention", choices=["dp", "tp"], help="attention parallelism (default dp)")
+    p.add_argument("--network", choices=["analytic", "flow"], default="analytic")
+    p.add_argument("--calibration", help="calibration JSON measured on the GPUs")
+    p.add_argument("--overlap", action="store_true", help="two micro-batches, comm overlapped")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", metavar="FILE", help="write a per-GPU timeline (PNG)")
+    p = _cmd(sub, "serve-sim", "specmoe.simulator.commands:serve_sim_cmd",
+             "simulate serving a request trace with continuous batching: TTFT, TPOT, SLOs")
+    p.add_argument("--model", required=True)
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--requests", required=True,
+                   help="azure-conv, azure-code, or a .csv (Azure) / .jsonl (Mooncake) file")
+    p.add_argument("--duration", type=_positive_float, help="serve the first S seconds of arrivals")
+    p.add_argument("--ep", type=_positive_int)
+    p.add_argument("--routing", help="routing trace .npz for the decode steps")
+    p.add_argument("--max-batch", type=_positive_int, default=256)
+    p.add_argument("--slo-ttft-ms", type=_positive_float, default=2000.0)
+    p.add_argument("--slo-tpot-ms", type=_positive_float, default=100.0)
+    p.add_argument("--network", choices=["analytic", "flow"], default="analytic")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--output", metavar="CSV", help="write per-request metrics here")
+    p.add_argument("--json", action="store_true")
     # ---- end simulator ----
 
     # ---- planner (placement): plan, plan show ----

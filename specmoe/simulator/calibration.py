@@ -99,19 +99,21 @@ class Calibration:
                                        np.log(curve[:, 1])))
         return out
 
-    def collective_override(self, kind, topo, traffic: np.ndarray, t_s: np.ndarray) -> np.ndarray:
+    def collective_override(self, kind, topo, split, t_s: np.ndarray) -> np.ndarray:
         """Replace alpha-beta times by the measured curve of the traffic's top link class where
         the busiest rank's bytes (sent or received, so a matrix and its transpose agree) lie
-        inside it, `traffic [B, G, G]` (diagonal zero), `t_s [B]`."""
+        inside it; `split` is a network.Split of the batch, `t_s [B]`."""
         if kind not in self.collectives:
             return t_s
-        sent = np.maximum(traffic.sum(axis=2).max(axis=1), traffic.sum(axis=1).max(axis=1))  # [B]
-        used = np.where(traffic > 0, topo.pair_class[None], -1).max(axis=(1, 2))  # [B]
+        busiest = split.sent(topo).max(axis=1)  # [B]
+        cls = topo.pair_class.reshape(-1)[topo.intra_pairs]
+        used = np.where(split.intra > 0, cls, -1).max(axis=1, initial=-1)
+        used = np.where((split.cross_out > 0).any(axis=1), LINK_CLASSES.index("network"), used)
         out = t_s.copy()
         for c, name in enumerate(LINK_CLASSES):
             sel = used == c
             if sel.any():
-                us = self.collective_us(kind, name, sent[sel])
+                us = self.collective_us(kind, name, busiest[sel])
                 out[sel] = np.where(np.isnan(us), t_s[sel], us * 1e-6)
         return out
 

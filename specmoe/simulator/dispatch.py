@@ -19,23 +19,28 @@ from specmoe.specs import ModelSpec
 
 @dataclass
 class Dispatch:
-    """copies:        int64 [num_moe_layers, ep, ep]  tokens sent from rank (row) to rank
-                      (column) once per distinct destination; the diagonal counts tokens
-                      with at least one local expert (no traffic)
+    """counts:        int64 [ep, num_moe_layers, ep]  tokens sent from rank (first axis) to
+                      rank (last axis) once per distinct destination; the diagonal counts
+                      tokens with at least one local expert (no traffic). `copies` is the
+                      same as a `[num_moe_layers, ep, ep]` view.
     expert_tokens: int64 [num_moe_layers, num_physical]  token copies each physical expert computes
     tokens_per_gpu: int64 [ep]  tokens whose attention runs on each rank (token2gpu counts)
     routed:        int64 [num_moe_layers, ep]  tokens that use an MoE layer (not skipped), per source
     """
 
-    copies: np.ndarray
+    counts: np.ndarray
     expert_tokens: np.ndarray
     tokens_per_gpu: np.ndarray
     routed: np.ndarray
 
     @property
+    def copies(self) -> np.ndarray:
+        return self.counts.transpose(1, 0, 2)
+
+    @property
     def remote_copies(self) -> int:
-        c = self.copies
-        return int(c.sum() - np.trace(c, axis1=1, axis2=2).sum())
+        c = self.counts
+        return int(c.sum() - np.trace(c, axis1=0, axis2=2).sum())
 
 
 def default_phy2log(model: ModelSpec, ep: int) -> np.ndarray:
@@ -82,47 +87,78 @@ def _replica_phys(phy2log_l: np.ndarray, E: int) -> tuple[np.ndarray, np.ndarray
     return count, first
 
 
-def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: int) -> Dispatch:
-    """Dispatch counts for `topk_ids [T, L, K]` (-1 = none), `token2gpu [T]`, `phy2log [L, P]`."""
+def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: int,
+          has_none: bool | None = None) -> Dispatch:
+    """Dispatch counts for `topk_ids [T, L, K]` (-1 = none), `token2gpu [T]`, `phy2log [L, P]`.
+    `has_none`: whether topk_ids holds any -1 (computed when None).
+
+    Counting runs over blocks of source ranks, so each block's histogram stays in cache."""
     T, L, K = topk_ids.shape
     P = phy2log.shape[1]
     per_rank = P // ep
     E = int(phy2log.max()) + 1
-    ids = np.asarray(topk_ids)
     src = np.asarray(token2gpu, np.int64)
-    phys, replicated = _physical(ids, src, phy2log, per_rank, ep, E)
-    dst = phys // per_rank if per_rank > 1 else phys  # [T, L, K]; -1 stays negative
-    valid = phys >= 0
-    if per_rank > 1:  # two experts of a token on one GPU: one copy (top-k ids are distinct)
-        for k in range(1, K):
-            for j in range(k):
-                valid[..., k] &= dst[..., k] != dst[..., j]
-    # key (src, layer, dst): a token's keys share one src, so its writes stay in a small window
-    base = ((src[:, None] * L + np.arange(L)) * ep).astype(np.int32)  # [T, L]
-    key = base[:, :, None] + dst
-    dump = ep * L * ep
-    key = np.where(valid, key, dump) if not valid.all() else key
-    copies = np.bincount(key.ravel(), minlength=dump + 1)[:dump].reshape(ep, L, ep).transpose(1, 0, 2)
-    if per_rank == 1 and not replicated:  # dst is the physical expert: counts are its tokens
-        expert_tokens = copies.sum(axis=1)
-    else:
-        ok = phys >= 0
-        key = (np.arange(L, dtype=np.int32)[None, :, None] * P + phys)[ok]
-        expert_tokens = np.bincount(key, minlength=L * P).reshape(L, P)
+    phys, replicated = _physical(np.asarray(topk_ids), src, phy2log, per_rank, ep, E)
+    if has_none is None or replicated or phys is not topk_ids:
+        has_none = bool(phys.min(initial=0) < 0)
+    per_expert = per_rank > 1 or replicated
+    copies = np.zeros((ep, L, ep), np.int64)
+    expert_tokens = np.zeros((L, P), np.int64)
+    routed = np.zeros((ep, L), np.int64)
+    block = max(1, 262144 // (L * ep))  # source ranks per histogram of <= 256k bins
+    for s0, chunk, local in _source_blocks(phys, src, ep, block):
+        nb = min(block, ep - s0)
+        layer_off = np.arange(L, dtype=np.int64).reshape((1,) * (chunk.ndim - 2) + (L, 1))
+        dst = chunk // per_rank if per_rank > 1 else chunk  # [..., L, K]; -1 stays negative
+        valid = chunk >= 0 if has_none or per_rank > 1 else None
+        if per_rank > 1:  # two experts of a token on one GPU: one copy (top-k ids are distinct)
+            for k in range(1, K):
+                for j in range(k):
+                    valid[..., k] &= dst[..., k] != dst[..., j]
+        key = (local * L + layer_off) * ep + dst
+        dump = nb * L * ep
+        if valid is not None:
+            key = np.where(valid, key, dump)
+        copies[s0:s0 + nb] = np.bincount(key.ravel(), minlength=dump + 1)[:dump].reshape(nb, L, ep)
+        if per_expert:
+            ok = chunk >= 0
+            expert_tokens += np.bincount((layer_off * P + chunk)[ok], minlength=L * P).reshape(L, P)
+        if has_none:
+            used = (chunk >= 0).any(axis=-1).reshape(-1, L)  # [n, L]
+            who = np.broadcast_to(local, chunk.shape).reshape(-1, L, chunk.shape[-1])[:, 0, 0]
+            routed[s0:s0 + nb] = np.stack([np.bincount(who, used[:, l], minlength=nb) for l in range(L)], axis=1)
     tokens_per_gpu = np.bincount(src, minlength=ep).astype(np.int64)
-    if ids.min(initial=0) >= 0:
-        routed = np.tile(tokens_per_gpu, (L, 1))
-    else:
-        used = (phys >= 0).any(axis=2)  # [T, L]
-        routed = np.stack([np.bincount(src[used[:, l]], minlength=ep) for l in range(L)])
-    return Dispatch(np.ascontiguousarray(copies, np.int64), expert_tokens.astype(np.int64),
-                    tokens_per_gpu, routed.astype(np.int64))
+    if not has_none:
+        routed[:] = tokens_per_gpu[:, None]
+    if not per_expert:  # dst is the physical expert: its tokens are the column sums
+        expert_tokens = copies.sum(axis=0)
+    return Dispatch(copies, expert_tokens, tokens_per_gpu, np.ascontiguousarray(routed.T))
+
+
+def _source_blocks(phys: np.ndarray, src: np.ndarray, ep: int, block: int):
+    """Yield (first rank, routing of the block's tokens `[..., L, K]`, their rank - first rank
+    broadcastable to it)."""
+    T = len(src)
+    if T % ep == 0 and np.array_equal(src, np.arange(T) % ep):  # round-robin: strided views
+        view = phys.reshape(T // ep, ep, *phys.shape[1:])  # [T / ep, ep, L, K]
+        for s0 in range(0, ep, block):
+            nb = min(block, ep - s0)
+            yield s0, view[:, s0:s0 + nb], np.arange(nb, dtype=np.int64).reshape(1, nb, 1, 1)
+        return
+    order = np.argsort(src, kind="stable")
+    sorted_src = src[order]
+    bounds = np.searchsorted(sorted_src, np.arange(0, ep + block, block))
+    for i, s0 in enumerate(range(0, ep, block)):
+        rows = order[bounds[i]:bounds[i + 1]]
+        yield s0, phys[rows], (sorted_src[bounds[i]:bounds[i + 1]] - s0)[:, None, None]
 
 
 def _physical(ids, src, phy2log, per_rank, ep, E) -> tuple[np.ndarray, bool]:
     """Physical expert of every (token, layer, k), `[T, L, K]` int32 (-1 = none), and whether
     any logical expert is replicated."""
     L = phy2log.shape[0]
+    if phy2log.shape[1] == E and (phy2log == np.arange(E)).all():  # contiguous: phys == logical
+        return ids, False
     if (phy2log == phy2log[0]).all() and np.bincount(phy2log[0], minlength=E).max() == 1:
         count, first = _replica_phys(phy2log[0], E)
         return np.append(first, -1).astype(np.int32)[ids], False  # -1 indexes the last slot

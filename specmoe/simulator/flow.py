@@ -10,13 +10,12 @@ pair of GPUs form one flow.
 
 A collective costs `alpha + transfer + steps * max_path_latency`: the NCCL floor
 (`collective_latency_us`) to launch and synchronise, the fluid transfer, and the propagation of
-the last bytes. Flows whose remaining time is within `coalesce` (relative) of the elapsed
-transfer time complete together, which bounds the number of rate recomputations; the error
-this adds is below `coalesce` of the transfer time (default 1e-3).
+the last bytes. `FlowNetwork(coalesce=...)` can batch nearly simultaneous completions
+(see its docstring); the default is exact.
 """
 from __future__ import annotations
 
-import weakref
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,28 +27,56 @@ from specmoe.simulator.topology import Topology
 _EPS = 1e-12
 
 
-def max_min_rates(flow_links: sp.csr_matrix, capacity: np.ndarray) -> np.ndarray:
-    """Max-min fair rates, `flow_links [F, E]` (every row non-empty), `capacity [E]` -> `[F]`."""
-    F, E = flow_links.shape
-    indptr, links = flow_links.indptr, flow_links.indices
-    owner = np.repeat(np.arange(F), np.diff(indptr))  # [nnz] flow of each incidence
-    by_link = np.argsort(links, kind="stable")  # incidences grouped by link
-    link_sorted = links[by_link]
-    link_starts = np.flatnonzero(np.r_[True, link_sorted[1:] != link_sorted[:-1]])
-    link_ids = link_sorted[link_starts]
+@dataclass
+class Incidence:
+    """Flows x links, with the index orders progressive filling needs (built once per
+    collective; events then only mask flows out).
+
+    links: int [nnz] link of each incidence, grouped by flow (csr order)
+    indptr: int [F + 1]; owner: int [nnz] flow of each incidence
+    by_link: int [nnz] incidences sorted by link; link_starts, link_ids: the groups' starts and links
+    """
+
+    links: np.ndarray
+    indptr: np.ndarray
+    owner: np.ndarray
+    by_link: np.ndarray
+    link_starts: np.ndarray
+    link_ids: np.ndarray
+    num_links: int
+
+    @classmethod
+    def from_csr(cls, a: sp.csr_matrix) -> "Incidence":
+        links, indptr = a.indices.astype(np.int64), a.indptr.astype(np.int64)
+        owner = np.repeat(np.arange(a.shape[0]), np.diff(indptr))
+        by_link = np.argsort(links, kind="stable")
+        ls = links[by_link]
+        starts = np.flatnonzero(np.r_[True, ls[1:] != ls[:-1]]) if len(ls) else np.zeros(0, np.int64)
+        return cls(links, indptr, owner, by_link, starts, ls[starts], a.shape[1])
+
+
+def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
+                  active: np.ndarray | None = None) -> np.ndarray:
+    """Max-min fair rates `[F]` of the `active [F]` flows (others get 0), every flow's row of
+    the incidence non-empty, `capacity [E]`."""
+    if sp.issparse(inc):
+        inc = Incidence.from_csr(sp.csr_matrix(inc))
+    F, E = len(inc.indptr) - 1, inc.num_links
+    links, owner = inc.links, inc.owner
+    starts = inc.indptr[:-1]
+    frozen = np.zeros(F, bool) if active is None else ~active
     rate = np.zeros(F)
-    frozen = np.zeros(F, bool)
     left = capacity.astype(np.float64).copy()
     while not frozen.all():
         n = np.bincount(links, weights=~frozen[owner], minlength=E)
         share = np.full(E, np.inf)
         np.divide(left, n, out=share, where=n > 0)
-        m = np.minimum.reduceat(share[links], indptr[:-1])  # [F] tightest share of each flow
+        m = np.minimum.reduceat(share[links], starts)  # [F] tightest share of each flow
         m[frozen] = np.inf
         best = np.full(E, np.inf)  # [E] smallest tightest-share among a link's flows
-        best[link_ids] = np.minimum.reduceat(m[owner[by_link]], link_starts)
+        best[inc.link_ids] = np.minimum.reduceat(m[owner[inc.by_link]], inc.link_starts)
         neck = (n > 0) & (share <= best * (1 + 1e-9))
-        on_neck = np.minimum.reduceat(np.where(neck, share, np.inf)[links], indptr[:-1])
+        on_neck = np.minimum.reduceat(np.where(neck, share, np.inf)[links], starts)
         new = ~frozen & (on_neck <= m * (1 + 1e-9))
         rate[new] = m[new]
         frozen |= new
@@ -66,115 +93,82 @@ class FlowResult:
     recomputations: int
 
 
-class _Fabric:
-    """The flows in flight in one simpy environment."""
-
-    def __init__(self, env: simpy.Environment, topo: Topology, coalesce: float):
-        self.env, self.topo, self.coalesce = env, topo, coalesce
-        self.rows: list[np.ndarray] = []  # per collective: pair rows into pair_links
-        self.remaining: list[np.ndarray] = []
-        self.finish: list[np.ndarray] = []
-        self.started: list[float] = []
-        self.done: list[simpy.Event] = []
-        self.wake = env.event()
-        self.recomputations = 0
-        env.process(self._run())
-
-    def submit(self, traffic: np.ndarray) -> tuple[simpy.Event, int]:
-        G = self.topo.num_gpus
-        flat = np.asarray(traffic, np.float64).reshape(-1).copy()
-        flat[np.arange(G) * (G + 1)] = 0.0
-        rows = np.flatnonzero(flat > 0)
-        ev = self.env.event()
-        self.rows.append(rows)
-        self.remaining.append(flat[rows])
-        self.finish.append(np.full(len(rows), np.nan))
-        self.started.append(self.env.now)
-        self.done.append(ev)
-        if not len(rows):
-            ev.succeed()
-        elif not self.wake.triggered:
-            self.wake.succeed()
-        return ev, len(self.rows) - 1
-
-    def _active(self):
-        parts = [(c, np.flatnonzero(np.isnan(f))) for c, f in enumerate(self.finish)
-                 if not self.done[c].triggered]
-        return [(c, i) for c, i in parts if len(i)]
-
-    def _run(self):
-        pl = self.topo.pair_links
-        while True:
-            active = self._active()
-            if not active:
-                self.wake = self.env.event()
-                yield self.wake
-                continue
-            rows = np.concatenate([self.rows[c][i] for c, i in active])
-            rates = max_min_rates(pl[rows], self.topo.edge_bw)
-            self.recomputations += 1
-            rem = np.concatenate([self.remaining[c][i] for c, i in active])
-            dt = float((rem / rates).min())
-            self.wake = self.env.event()
-            t0 = self.env.now
-            yield self.env.timeout(dt) | self.wake
-            elapsed = self.env.now - t0
-            self._advance(active, rates, elapsed)
-
-    def _advance(self, active, rates, elapsed):
-        pos = 0
-        for c, i in active:
-            r = rates[pos:pos + len(i)]
-            pos += len(i)
-            rem = self.remaining[c][i] - r * elapsed
-            since = self.env.now - self.started[c]
-            ended = rem <= r * since * self.coalesce + _EPS * self.remaining[c][i]
-            self.remaining[c][i] = np.maximum(rem, 0.0)
-            self.finish[c][i[ended]] = since
-            if not np.isnan(self.finish[c]).any():
-                self.done[c].succeed()
-
-
-_FABRICS: "weakref.WeakKeyDictionary[simpy.Environment, _Fabric]" = weakref.WeakKeyDictionary()
+@functools.lru_cache(maxsize=16)
+def binding_links(topo: Topology) -> np.ndarray:
+    """Edges whose constraint can bind, `[E]` bool. An edge is implied by another whose
+    pairs include all of its pairs at no more capacity (e.g. a GPU's hop to its own NIC and
+    the NIC's uplink): dropping it leaves the feasible rates, so the max-min rates, unchanged."""
+    P = (topo.pair_links > 0).astype(np.float64)
+    overlap = (P.T @ P).toarray()  # [E, E] shared pairs
+    count = np.diag(overlap)
+    cap = topo.edge_bw
+    idx = np.arange(len(cap))
+    subset = overlap >= count[:, None] - 0.5  # pairs(e) within pairs(e')
+    tighter = (cap[None, :] < cap[:, None]) | ((cap[None, :] == cap[:, None])
+                                                & ((count[None, :] > count[:, None]) | (idx[None, :] < idx[:, None])))
+    implied = (subset & tighter & (idx[None, :] != idx[:, None])).any(axis=1)
+    return ~implied & (count > 0)
 
 
 class FlowNetwork:
-    """Flow-level collectives on one topology."""
+    """Flow-level collectives on one topology.
 
-    def __init__(self, topo: Topology, coalesce: float = 1e-3):
+    `coalesce` trades exactness for speed: after each rate computation the flows that end
+    within `coalesce` x (this collective's bottleneck time) of the first completion all run to
+    their own exact completion at their current rates, and the capacity they free is handed
+    out at the end of that window (so bytes are exact and time can only be overestimated).
+    0 gives the exact event-by-event simulation."""
+
+    def __init__(self, topo: Topology, coalesce: float = 0.0):
         self.topo, self.coalesce = topo, coalesce
-
-    def _fabric(self, env) -> _Fabric:
-        fab = _FABRICS.get(env)
-        if fab is None:
-            fab = _FABRICS[env] = _Fabric(env, self.topo, self.coalesce)
-        return fab
+        keep = binding_links(topo)
+        self.pair_links = topo.pair_links[:, np.flatnonzero(keep)].tocsr()
+        self.capacity = topo.edge_bw[keep]
 
     def _latency(self, traffic: np.ndarray) -> float:
         m = np.asarray(traffic) > 0
         np.fill_diagonal(m, False)
         return float(self.topo.pair_latency[m].max(initial=0.0))
 
-    def collective(self, env, traffic: np.ndarray, steps: int = 1, out: dict | None = None):
-        """simpy process: one collective of `traffic [G, G]` bytes."""
-        if not (np.asarray(traffic) > 0).any():
-            return
-        fab = self._fabric(env)
-        yield env.timeout(self.topo.cluster.collective_latency_us * 1e-6)
-        t0 = env.now
-        ev, c = fab.submit(traffic)
-        yield ev
-        if out is not None:
-            G = self.topo.num_gpus
-            finish = np.full(G * G, np.nan)
-            finish[fab.rows[c]] = fab.finish[c]
-            out.update(transfer_s=env.now - t0, finish_s=finish.reshape(G, G),
-                       recomputations=fab.recomputations)
-        yield env.timeout(steps * self._latency(traffic))
+    def _flows(self, traffic: np.ndarray):
+        G = self.topo.num_gpus
+        flat = np.asarray(traffic, np.float64).reshape(-1).copy()
+        flat[np.arange(G) * (G + 1)] = 0.0
+        rows = np.flatnonzero(flat > 0)
+        return rows, flat[rows]
 
-    def process(self, traffic: np.ndarray, steps: int = 1):
-        """A factory `env -> generator` for the step engine."""
-        return lambda env: self.collective(env, traffic, steps)
+    def transfer(self, env: simpy.Environment, traffic: np.ndarray, out: dict):
+        """simpy process: move `traffic [G, G]` bytes; rates recomputed as flows end."""
+        rows, rem = self._flows(traffic)
+        inc = Incidence.from_csr(self.pair_links[rows])
+        loads = np.bincount(inc.links, weights=rem[inc.owner], minlength=inc.num_links)
+        window = self.coalesce * float((loads / self.capacity).max(initial=0.0))
+        finish = np.full(len(rows), np.nan)
+        active = np.ones(len(rows), bool)
+        t0, recomputations = env.now, 0
+        while active.any():
+            rate = max_min_rates(inc, self.capacity, active)
+            recomputations += 1
+            ends = np.full(len(rows), np.inf)
+            ends[active] = rem[active] / rate[active]
+            first = ends.min()
+            done = ends <= first + window + _EPS * first
+            dt = float(ends[done].max())
+            yield env.timeout(dt)
+            rem = np.where(active, np.maximum(rem - rate * dt, 0.0), rem)
+            finish[done] = env.now - t0 - (dt - ends[done])
+            rem[done] = 0.0
+            active &= ~done
+        out.update(transfer_s=env.now - t0, finish=finish, rows=rows, recomputations=recomputations)
+
+    def collective(self, env, traffic: np.ndarray, steps: int = 1, out: dict | None = None):
+        """simpy process: alpha (launch and sync), the transfer, then the last bytes' latency."""
+        out = {} if out is None else out
+        if not len(self._flows(traffic)[0]):
+            return
+        yield env.timeout(self.topo.cluster.collective_latency_us * 1e-6)
+        yield env.process(self.transfer(env, traffic, out))
+        yield env.timeout(steps * self._latency(traffic))
 
     def simulate(self, traffic: np.ndarray, steps: int = 1) -> FlowResult:
         """Run one collective alone and report its time and each flow's finish time."""
@@ -183,12 +177,11 @@ class FlowNetwork:
         env.process(self.collective(env, traffic, steps, out))
         env.run()
         G = self.topo.num_gpus
-        if not out:
-            return FlowResult(0.0, 0.0, np.full((G, G), np.nan), 0)
-        alpha = self.topo.cluster.collective_latency_us * 1e-6
-        total = alpha + out["transfer_s"] + steps * self._latency(traffic)
-        return FlowResult(total, out.get("transfer_s", 0.0),
-                          out.get("finish_s", np.full((G, G), np.nan)), out.get("recomputations", 0))
+        finish = np.full(G * G, np.nan)
+        if out:
+            finish[out["rows"]] = out["finish"]
+        return FlowResult(env.now, out.get("transfer_s", 0.0), finish.reshape(G, G),
+                          out.get("recomputations", 0))
 
     def time(self, traffic: np.ndarray, steps: int = 1) -> float:
         return self.simulate(traffic, steps).time_s

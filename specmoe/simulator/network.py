@@ -85,22 +85,57 @@ def all_reduce(num_gpus: int, group, bytes_per_rank: float) -> Transfer:
     return _ring(num_gpus, group, 2 * (p - 1) / p * bytes_per_rank, 2, "all_reduce")
 
 
-def _split(topo: Topology, traffic: np.ndarray):
-    """Intra-node pair bytes `[B, n_intra]` and cross-node bytes sent and received per GPU
-    `[B, G]` each, from `traffic [B, G, G]` (the diagonal is ignored)."""
+@dataclass
+class Split:
+    """A batch of traffic matrices reduced to what the structured paths need.
+
+    intra:     [B, n_intra] bytes of each intra-node pair (topo.intra_pairs)
+    cross_out: [B, G] bytes each GPU sends to other nodes
+    cross_in:  [B, G] bytes each GPU receives from other nodes
+    """
+
+    intra: np.ndarray
+    cross_out: np.ndarray
+    cross_in: np.ndarray
+
+    def sent(self, topo: Topology) -> np.ndarray:
+        """Bytes each GPU sends and receives, the larger of the two, `[B, G]`."""
+        G = topo.num_gpus
+        src, dst = np.divmod(topo.intra_pairs, G)
+        out = self.cross_out + np.stack([np.bincount(src, x, minlength=G) for x in self.intra])
+        inn = self.cross_in + np.stack([np.bincount(dst, x, minlength=G) for x in self.intra])
+        return np.maximum(out, inn)
+
+
+def split(topo: Topology, traffic: np.ndarray) -> Split:
+    """`traffic [B, G, G]` bytes (diagonal ignored) -> Split."""
+    traffic = np.asarray(traffic, np.float64)
     B, G = traffic.shape[0], topo.num_gpus
-    flat = traffic.reshape(B, G * G)
-    intra = flat[:, topo.intra_pairs]  # [B, n_intra]
-    diag = np.diagonal(traffic, axis1=1, axis2=2)
+    return split_counts(topo, traffic.transpose(1, 0, 2), 1.0)
+
+
+def split_counts(topo: Topology, counts: np.ndarray, nbytes: float) -> Split:
+    """`counts [ep, B, ep]` (source rank, batch, destination rank; the EP group is GPUs
+    0..ep-1) times `nbytes` per count -> Split, in two passes over the counts."""
+    ep, B, _ = counts.shape
+    G = topo.num_gpus
     src, dst = np.divmod(topo.intra_pairs, G)
-    intra_out = np.zeros((B, G))
-    intra_in = np.zeros((B, G))
-    for b in range(B):  # tiny: n_intra = G * (gpus_per_node - 1)
-        intra_out[b] = np.bincount(src, intra[b], minlength=G)
-        intra_in[b] = np.bincount(dst, intra[b], minlength=G)
-    cross_out = traffic.sum(axis=2) - diag - intra_out
-    cross_in = traffic.sum(axis=1) - diag - intra_in
-    return intra, np.maximum(cross_out, 0.0), np.maximum(cross_in, 0.0)
+    inside = (src < ep) & (dst < ep)
+    intra = np.zeros((B, len(src)))
+    intra[:, inside] = counts[src[inside], :, dst[inside]].T * nbytes  # [B, n_intra]
+    diag = counts[np.arange(ep), :, np.arange(ep)].T  # [B, ep]
+    out_all = np.zeros((B, G))
+    in_all = np.zeros((B, G))
+    out_all[:, :ep] = (counts.sum(axis=2).T - diag) * nbytes
+    in_all[:, :ep] = (counts.sum(axis=0) - diag) * nbytes
+    intra_out = np.stack([np.bincount(src, x, minlength=G) for x in intra])
+    intra_in = np.stack([np.bincount(dst, x, minlength=G) for x in intra])
+    return Split(intra, np.maximum(out_all - intra_out, 0.0), np.maximum(in_all - intra_in, 0.0))
+
+
+def _loads(topo: Topology, sp_: Split) -> np.ndarray:
+    return (topo.intra_links.T @ sp_.intra.T).T + (topo.up_matrix.T @ sp_.cross_out.T).T \
+        + (topo.down_matrix.T @ sp_.cross_in.T).T  # [B, E]
 
 
 def link_loads(topo: Topology, traffic: np.ndarray) -> np.ndarray:
@@ -109,45 +144,44 @@ def link_loads(topo: Topology, traffic: np.ndarray) -> np.ndarray:
     Uses the structured paths: intra-node pairs by their own path, cross-node bytes by the
     sender's up path and the receiver's down path; equal to `pair_links.T @ traffic`."""
     G = topo.num_gpus
-    t = np.asarray(traffic, np.float64).reshape(-1, G, G)
-    intra, cross_out, cross_in = _split(topo, t)
-    loads = (topo.intra_links.T @ intra.T).T + (topo.up_matrix.T @ cross_out.T).T \
-        + (topo.down_matrix.T @ cross_in.T).T
+    loads = _loads(topo, split(topo, np.reshape(traffic, (-1, G, G))))
     return loads.reshape(*np.shape(traffic)[:-2], -1)
 
 
-def bytes_by_class(topo: Topology, traffic: np.ndarray) -> np.ndarray:
-    """Bytes per link class, each pair counted once under its path's highest class,
-    `traffic [..., G, G]` -> `[..., 3]` (order of LINK_CLASSES)."""
-    G = topo.num_gpus
-    t = np.asarray(traffic, np.float64).reshape(-1, G, G)
-    intra, cross_out, _ = _split(topo, t)
+def class_bytes(topo: Topology, sp_: Split) -> np.ndarray:
+    """Bytes per link class `[B, 3]` (LINK_CLASSES order), each pair under its path's highest class."""
     cls = topo.pair_class.reshape(-1)[topo.intra_pairs]
-    out = np.stack([intra[:, cls == c].sum(axis=1) for c in range(len(LINK_CLASSES))], axis=1)
-    out[:, LINK_CLASSES.index("network")] += cross_out.sum(axis=1)
+    out = np.stack([sp_.intra[:, cls == c].sum(axis=1) for c in range(len(LINK_CLASSES))], axis=1)
+    out[:, LINK_CLASSES.index("network")] += sp_.cross_out.sum(axis=1)
+    return out
+
+
+def bytes_by_class(topo: Topology, traffic: np.ndarray) -> np.ndarray:
+    """Bytes per link class, `traffic [..., G, G]` -> `[..., 3]` (order of LINK_CLASSES)."""
+    G = topo.num_gpus
+    out = class_bytes(topo, split(topo, np.reshape(traffic, (-1, G, G))))
     return out.reshape(*np.shape(traffic)[:-2], len(LINK_CLASSES))
 
 
-def analytic_times(topo: Topology, traffic: np.ndarray, steps: int = 1,
+def analytic_times(topo: Topology, traffic: "np.ndarray | Split", steps: int = 1,
                    calibration=None, kind: str = "all_to_all") -> np.ndarray:
-    """Alpha-beta time in seconds of a batch of collectives, `traffic [B, G, G]` -> `[B]`."""
-    traffic = np.asarray(traffic, np.float64)
-    intra, cross_out, cross_in = _split(topo, traffic)
-    loads = (topo.intra_links.T @ intra.T).T + (topo.up_matrix.T @ cross_out.T).T \
-        + (topo.down_matrix.T @ cross_in.T).T  # [B, E]
-    beta = (loads / topo.edge_bw).max(axis=1, initial=0.0)
+    """Alpha-beta time in seconds of a batch of collectives, `traffic [B, G, G]` (or its
+    Split) -> `[B]`."""
+    sp_ = traffic if isinstance(traffic, Split) else split(topo, traffic)
+    beta = (_loads(topo, sp_) / topo.edge_bw).max(axis=1, initial=0.0)
     lat_intra = topo.pair_latency.reshape(-1)[topo.intra_pairs]
-    path_lat = np.where(intra > 0, lat_intra, 0.0).max(axis=1, initial=0.0)
+    path_lat = np.where(sp_.intra > 0, lat_intra, 0.0).max(axis=1, initial=0.0)
     if topo.up_links.shape[1]:  # cross-node: slowest active sender's up plus receiver's down
         up_lat = topo.edge_latency[topo.up_links].sum(axis=1)
         down_lat = topo.edge_latency[topo.down_links].sum(axis=1)
-        cross = np.where(cross_out > 0, up_lat, 0.0).max(axis=1) + np.where(cross_in > 0, down_lat, 0.0).max(axis=1)
+        cross = np.where(sp_.cross_out > 0, up_lat, 0.0).max(axis=1) \
+            + np.where(sp_.cross_in > 0, down_lat, 0.0).max(axis=1)
         path_lat = np.maximum(path_lat, cross)
-    active = (intra > 0).any(axis=1) | (cross_out > 0).any(axis=1)
+    active = (sp_.intra > 0).any(axis=1) | (sp_.cross_out > 0).any(axis=1)
     alpha = topo.cluster.collective_latency_us * 1e-6
     t = np.where(active, alpha + steps * path_lat + beta, 0.0)
     if calibration is not None:
-        t = calibration.collective_override(kind, topo, traffic, t)
+        t = calibration.collective_override(kind, topo, sp_, t)
     return t
 
 

@@ -56,10 +56,10 @@ def routing_for(model: ModelSpec, trace: RoutingTrace | None, num_tokens: int,
     """Routing for `num_tokens` tokens of `model`, and a note saying where it came from."""
     if trace is not None and fits(trace, model):
         return sample_tokens(trace, num_tokens, seed), \
-            f"routing: {num_tokens} tokens sampled from {trace.meta.get('source', 'trace')} (seed {seed})"
+            f"routing: tokens sampled from trace {trace.meta.get('source', '')}"
     why = "no routing trace" if trace is None else (
         f"trace {trace.meta.get('source', '')} has {trace.num_experts} experts, top-{trace.top_k}, "
         f"{trace.num_layers} layers; {model.name} has {model.num_experts}, top-{model.top_k}, "
         f"{model.num_moe_layers}")
     return synthetic_topk(model, num_tokens, seed), \
-        f"routing: synthetic skewed routing for {model.name} ({why}; seed {seed})"
+        f"routing: synthetic skewed routing for {model.name} ({why})"

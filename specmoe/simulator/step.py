@@ -18,9 +18,14 @@ from specmoe.simulator import engine
 from specmoe.simulator.calibration import Calibration
 from specmoe.simulator.compute import ComputeModel
 from specmoe.simulator.dispatch import Dispatch, check_phy2log, default_phy2log, route
-from specmoe.simulator.network import all_reduce, analytic_times, bytes_by_class
+from specmoe.simulator.network import (all_reduce, analytic_times, bytes_by_class, class_bytes,
+                                       split_counts)
 from specmoe.simulator.topology import LINK_CLASSES, Topology, build_topology
 from specmoe.specs import ClusterSpec, ModelSpec, load_gpu
+
+# Flow tier inside a step: completions within 1% of a collective's bottleneck time share one
+# rate recomputation (flow.py); measured error on DeepSeek-V3 dispatches below 1% (docs/simulator.md).
+FLOW_COALESCE = 1e-2
 
 LAYER_COLUMNS = ("layer", "kind", "attention_us", "gate_us", "dispatch_us", "experts_us",
                  "combine_us", "total_us")
@@ -74,7 +79,8 @@ def _check_inputs(model, cluster, ep, topk_ids, token2gpu, phase, attention, net
                          f"routing has {ids.shape[1]} MoE layers, {model.name} has {model.num_moe_layers}")
     if ids.shape[0] == 0:
         raise InputError("topk_ids", "num_tokens", "no tokens")
-    if ids.min() < -1 or ids.max() >= model.num_experts:
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < -1 or hi >= model.num_experts:
         raise InputError("topk_ids", "", f"expert id outside [-1, {model.num_experts}) of {model.name}")
     t2g = np.arange(ids.shape[0]) % ep if token2gpu is None else np.asarray(token2gpu)
     if t2g.shape != (ids.shape[0],) or not np.issubdtype(t2g.dtype, np.integer) \
@@ -87,7 +93,7 @@ def _check_inputs(model, cluster, ep, topk_ids, token2gpu, phase, attention, net
             raise InputError(f"--{name}", "", f"expected one of {', '.join(allowed)}, got {value!r}")
     if context_len < 1:
         raise InputError("--context", "", "must be >= 1")
-    return ids, t2g.astype(np.int64)
+    return ids, t2g.astype(np.int64), lo < 0
 
 
 def _micro_batches(t2g: np.ndarray, overlap: bool) -> list[np.ndarray]:
@@ -101,13 +107,12 @@ def _micro_batches(t2g: np.ndarray, overlap: bool) -> list[np.ndarray]:
     return [np.flatnonzero(rank_in_gpu % 2 == m) for m in (0, 1)]
 
 
-def _pad(copies: np.ndarray, G: int) -> np.ndarray:
-    """`[L, ep, ep]` -> `[L, G, G]` (the EP group is the first ep GPUs)."""
-    L, ep, _ = copies.shape
-    if ep == G:
-        return copies
-    out = np.zeros((L, G, G), copies.dtype)
-    out[:, :ep, :ep] = copies
+def _pad(m: np.ndarray, G: int) -> np.ndarray:
+    """`[ep, ep]` -> `[G, G]` float bytes, diagonal zero (the EP group is the first ep GPUs)."""
+    ep = m.shape[0]
+    out = np.zeros((G, G))
+    out[:ep, :ep] = m
+    np.fill_diagonal(out, 0.0)
     return out
 
 
@@ -126,14 +131,19 @@ class _Context:
         self.phys_width = widths[phy2log]  # [L, P]
         if network == "flow":
             from specmoe.simulator.flow import FlowNetwork
-            self.flow = FlowNetwork(self.topo)
+            self.flow = FlowNetwork(self.topo, coalesce=FLOW_COALESCE)
 
-    def comms(self, traffic: np.ndarray, steps: int = 1, kind: str = "all_to_all") -> list[engine.Comm]:
-        """One Comm per matrix of `traffic [B, G, G]` bytes. Each flow-tier collective runs in
-        its own simpy environment (collectives never overlap: the engine serialises them)."""
+    def comms(self, traffic, steps: int = 1, kind: str = "all_to_all") -> list[engine.Comm]:
+        """One Comm per collective: `traffic` is `[B, G, G]` bytes, or `(counts [ep, B, ep],
+        bytes per count)`. Each flow-tier collective runs in its own simpy environment
+        (collectives never overlap: the engine serialises them)."""
         if self.network == "flow":
+            if isinstance(traffic, tuple):
+                counts, nbytes = traffic
+                traffic = [_pad(counts[:, b, :] * nbytes, self.topo.num_gpus) for b in range(counts.shape[1])]
             return [engine.Comm(time_s=self.flow.time(t, steps)) for t in traffic]
-        times = analytic_times(self.topo, traffic, steps, self.cal, kind)
+        sp_ = split_counts(self.topo, *traffic) if isinstance(traffic, tuple) else traffic
+        times = analytic_times(self.topo, sp_, steps, self.cal, kind)
         return [engine.Comm(time_s=float(t)) for t in times]
 
     def tp_traffic(self, tokens_per_gpu: np.ndarray) -> np.ndarray:
@@ -147,8 +157,8 @@ class _Context:
         return m[None]
 
 
-def _layer_work(ctx: _Context, d: Dispatch) -> tuple[list[engine.LayerWork], np.ndarray]:
-    """The LayerWork of every layer for one micro-batch, and its traffic `[L_moe, G, G]`."""
+def _layer_work(ctx: _Context, d: Dispatch) -> list[engine.LayerWork]:
+    """The LayerWork of every layer for one micro-batch."""
     m, cm, ep = ctx.model, ctx.cm, ctx.ep
     n = d.tokens_per_gpu.astype(np.float64)  # [ep]
     if ctx.tp > 1:
@@ -164,10 +174,7 @@ def _layer_work(ctx: _Context, d: Dispatch) -> tuple[list[engine.LayerWork], np.
                         ctx.phys_width.reshape(-1, ep, P // ep))  # [L_moe, ep]
     if m.num_shared_experts:
         experts = experts + cm.ffn_us(d.routed[:, :, None], [m.shared_expert_intermediate_size])
-    traffic = _pad(d.copies.astype(np.float64) * ctx.token_bytes, ctx.topo.num_gpus)
-    for t in traffic:
-        np.fill_diagonal(t, 0.0)
-    dispatch = ctx.comms(traffic)
+    dispatch = ctx.comms((d.counts, float(ctx.token_bytes)))
     combine = dispatch  # the transposed matrix on a topology with symmetric links: same time
     work = []
     for layer in range(m.num_layers):
@@ -179,7 +186,7 @@ def _layer_work(ctx: _Context, d: Dispatch) -> tuple[list[engine.LayerWork], np.
         i = layer - m.num_dense_layers
         comm.update(dispatch=dispatch[i], combine=combine[i])
         work.append(engine.LayerWork({"attention": attn, "gate": gate, "experts": experts[i]}, comm))
-    return work, traffic
+    return work
 
 
 def _layers_frame(model: ModelSpec, records: list[engine.Record]) -> pd.DataFrame:
@@ -213,20 +220,19 @@ def simulate_step(model: ModelSpec, cluster: ClusterSpec, *, ep: int | None = No
     The engine is deterministic; `seed` is accepted for API stability and recorded nowhere.
     """
     ep = cluster.num_gpus if ep is None else int(ep)
-    ids, t2g = _check_inputs(model, cluster, ep, topk_ids, token2gpu, phase, attention, network,
+    ids, t2g, has_none = _check_inputs(model, cluster, ep, topk_ids, token2gpu, phase, attention, network,
                              context_len)
     phy2log = default_phy2log(model, ep) if phy2log is None else check_phy2log(phy2log, model, ep)
     ctx = _Context(model, cluster, ep, phy2log, phase, context_len, attention, network, calibration)
-    work, traffic_total, remote = [], [], 0
+    work, remote, by_cls = [], 0, np.zeros(len(LINK_CLASSES))
     for tok in _micro_batches(t2g, overlap):
-        d = route(ids[tok], t2g[tok], phy2log, ep)
-        w, traffic = _layer_work(ctx, d)
-        work.append(w)
+        d = route(ids if len(tok) == len(ids) else ids[tok], t2g[tok], phy2log, ep, has_none)
+        work.append(_layer_work(ctx, d))
         remote += d.remote_copies
-        traffic_total.append(traffic.sum(axis=0))
+        total = d.counts.sum(axis=1, keepdims=True)  # [src, 1, dst] summed over layers
+        by_cls += 2.0 * class_bytes(ctx.topo, split_counts(ctx.topo, total, ctx.token_bytes))[0]
     records = engine.run(work)
     layers = _layers_frame(model, records)
-    by_cls = 2.0 * bytes_by_class(ctx.topo, np.sum(traffic_total, axis=0))  # dispatch + combine
     if ctx.tp > 1:
         tp_bytes = bytes_by_class(ctx.topo, ctx.tp_traffic(np.bincount(t2g, minlength=ep)))[0]
         by_cls = by_cls + tp_bytes * model.num_layers
@@ -248,7 +254,8 @@ def _notes(ctx: _Context, overlap: bool) -> list[str]:
     notes = list(ctx.cm.notes)
     net = ("network: analytic alpha-beta (bottleneck link per tier, NCCL floor "
            f"{ctx.cluster.collective_latency_us:g} us per collective)") if ctx.network == "analytic" \
-        else "network: flow tier (max-min fair sharing along graph paths)"
+        else ("network: flow tier (max-min fair sharing along graph paths; completions within "
+              f"{FLOW_COALESCE:g} of a collective's bottleneck time batched)")
     notes.append(net)
     if ctx.cal is not None and ctx.cal.collectives and ctx.network == "analytic":
         notes.append("network: calibrated collective curves used where the bytes fall inside them")

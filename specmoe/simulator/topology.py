@@ -65,9 +65,23 @@ class Topology:
         return self.cluster.num_gpus
 
     def path(self, src: int, dst: int) -> list[int]:
-        """Edge ids on the path from GPU `src` to GPU `dst` (empty when equal)."""
+        """Edge ids on the path from GPU `src` to GPU `dst`, in order (empty when equal)."""
         row = src * self.num_gpus + dst
-        return self.pair_links.indices[self.pair_links.indptr[row]:self.pair_links.indptr[row + 1]].tolist()
+        eids = self.pair_links.indices[self.pair_links.indptr[row]:self.pair_links.indptr[row + 1]]
+        out_of = {self.edge_nodes[e][0]: int(e) for e in eids}
+        node, path = ("gpu", src), []
+        while node in out_of:
+            path.append(out_of[node])
+            node = self.edge_nodes[path[-1]][1]
+        return path
+
+    @functools.cached_property
+    def edge_nodes(self) -> list[tuple]:
+        """`(u, v)` of each edge id."""
+        out = [None] * self.graph.number_of_edges()
+        for u, v, e in self.graph.edges(data="eid"):
+            out[e] = (u, v)
+        return out
 
 
 def build_graph(cluster: ClusterSpec) -> nx.DiGraph:

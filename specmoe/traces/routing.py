@@ -116,7 +116,8 @@ def load(path) -> RoutingTrace:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise InputError(path, "", f"not a readable .npz file ({e})") from None
+        why = "it holds pickled objects, which are never loaded" if "pickle" in str(e) else str(e)
+        raise InputError(path, "", f"not a readable .npz routing trace ({why})") from None
     for k in ("topk_ids", "topk_weights", "seq_id", "position", "meta"):
         if k not in arrays:
             raise InputError(path, k, "required array is missing")
