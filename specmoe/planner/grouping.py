@@ -155,11 +155,12 @@ def kl_refine(X: sp.csr_matrix, e2r: np.ndarray, home: np.ndarray | None, weight
             # other rows may not be pushed over their cap (unless they already are)
             ok &= np.all((new_max <= capc) | (new_max <= old_max) | (np.arange(len(w)) == r)
                          [:, None, None], axis=0)
-            if not ok.any():
-                break
-            a, b = np.unravel_index(np.argmin(np.where(ok, D, np.inf)), D.shape)
-            e2r[a], e2r[b] = e2r[b], e2r[a]
-            continue
+            if ok.any():
+                a, b = np.unravel_index(np.argmin(np.where(ok, D, np.inf)), D.shape)
+                e2r[a], e2r[b] = e2r[b], e2r[a]
+                continue
+            # the bound cannot be repaired by swaps: improve traffic without raising any max
+        capc = np.maximum(cap, load.max(1))[:, None, None]
         ok = (ga != gb) & np.all(new_max <= capc, axis=0)
         gain = np.where(ok, D, 0.0)
         cand = np.flatnonzero(np.triu(gain < -0.5, 1).ravel())

@@ -32,8 +32,12 @@ def load_rows(prof) -> np.ndarray:
 
 
 def fit_groups(prof, ep: int, bound: float, seed: int, init: str = "metis",
-               refine: bool = True) -> np.ndarray:
-    """Expert -> rank per layer, `[L, E]`, by METIS (or greedy) + alignment + KL swaps."""
+               refine: bool = True, restarts: int = 3) -> np.ndarray:
+    """Expert -> rank per layer, `[L, E]`: METIS (best of `restarts` seeds, each refined by
+    KL swaps, judged on the profile) or greedy packing; then labels aligned across layers.
+
+    The within-layer objective (distinct ranks per token) does not depend on rank labels, so
+    each layer is partitioned on its own and only then labelled to chain with layer l-1."""
     E, L = prof.num_experts, prof.num_layers
     cap = grouping.capacities(E, ep)
     w = load_rows(prof)  # [H, L, E]
@@ -47,12 +51,25 @@ def fit_groups(prof, ep: int, bound: float, seed: int, init: str = "metis",
         if init == "greedy":
             prev = None if l == 0 else trans.T @ np.eye(ep)[e2r[l - 1]]  # [E, ep]
             part = grouping.greedy_layer(W, prev, w[0, l], cap, inner)
-        else:
-            part = grouping.repair_sizes(grouping.metis_parts(W, ep, seed + l), W, cap)
-            if l:
-                part = grouping.align(e2r[l - 1], part, trans, cap)
-        e2r[l] = grouping.kl_refine(X[l], part, None, w[:, l], ep, inner) if refine else part
+            e2r[l] = grouping.kl_refine(X[l], part, None, w[:, l], ep, inner) if refine else part
+            continue
+        best, best_cost = None, np.inf
+        for r in range(restarts if ep < E else 1):  # one expert per rank: nothing to search
+            part = grouping.repair_sizes(grouping.metis_parts(W, ep, seed + 1000 * r + l), W, cap)
+            if refine:
+                part = grouping.kl_refine(X[l], part, None, w[:, l], ep, inner)
+            cost = grouping.remote_copies(X[l], part, None, ep) + \
+                1e9 * _excess(part, w[:, l], ep, inner)  # feasible partitions first
+            if cost < best_cost:
+                best, best_cost = part, cost
+        e2r[l] = best if l == 0 else grouping.align(e2r[l - 1], best, trans, cap)
     return e2r
+
+
+def _excess(e2r: np.ndarray, w: np.ndarray, ep: int, bound: float) -> float:
+    """How far the worst row of loads `w [H, E]` exceeds the bound (0 when within)."""
+    load = np.stack([np.bincount(e2r, weights=row, minlength=ep) for row in w])
+    return float(max(0.0, (load.max(1) / load.mean(1) - bound).max()))
 
 
 def to_phy2log(prof, e2r: np.ndarray, ep: int, num_redundant: int) -> np.ndarray:
@@ -69,7 +86,7 @@ def to_phy2log(prof, e2r: np.ndarray, ep: int, num_redundant: int) -> np.ndarray
 
 
 def fit_placement(prof, method: str, ep: int, num_redundant: int = 0, bound: float = 1.10,
-                  seed: int = 0) -> np.ndarray:
+                  seed: int = 0, restarts: int = 3) -> np.ndarray:
     """phy2log `[L, E + num_redundant]` fitted on the profiling trace `prof`."""
     E, L = prof.num_experts, prof.num_layers
     placement.check_sizes(E, num_redundant, ep)
@@ -80,7 +97,8 @@ def fit_placement(prof, method: str, ep: int, num_redundant: int = 0, bound: flo
     if method == "eplb":
         return eplb.rebalance(expert_load(prof), E + num_redundant, ep)
     init = "greedy" if method == "greedy" else "metis"
-    e2r = fit_groups(prof, ep, bound, seed, init=init, refine=method != "greedy")
+    e2r = fit_groups(prof, ep, bound, seed, init=init, refine=method != "greedy",
+                     restarts=restarts)
     return to_phy2log(prof, e2r, ep, num_redundant)
 
 

@@ -4,7 +4,8 @@ Experts of each layer fall into `num_clusters` clusters (a random permutation pe
 contiguous ids are not already grouped). Each sequence starts in a cluster; at each layer a
 token stays in its cluster with probability `stay` (else jumps to a random one), and picks its
 top_k experts inside the cluster (each pick is uniform over all experts with probability
-`noise`). Within a cluster, expert popularity follows a Zipf law of exponent `skew`.
+`noise`). Within a cluster, expert popularity follows a Zipf law of exponent `skew`; clusters
+are chosen with Zipf weights of exponent `cluster_skew` (0: uniform).
 With noise = 0 and stay = 1, grouping the clusters on ranks (one cluster per rank) makes every
 token local to one rank at every layer: zero remote copies for the right token schedule.
 """
@@ -17,7 +18,7 @@ from specmoe.traces.routing import RoutingTrace
 
 def planted_trace(num_sequences: int, seq_len: int, num_layers: int, num_experts: int,
                   top_k: int, num_clusters: int, stay: float = 0.9, noise: float = 0.05,
-                  skew: float = 0.8, seed: int = 0) -> RoutingTrace:
+                  skew: float = 0.8, cluster_skew: float = 0.0, seed: int = 0) -> RoutingTrace:
     rng = np.random.default_rng(seed)
     E, C = num_experts, num_clusters
     size = E // C
@@ -26,12 +27,14 @@ def planted_trace(num_sequences: int, seq_len: int, num_layers: int, num_experts
     zipf /= zipf.sum()
     T = num_sequences * seq_len
     seq_id = np.repeat(np.arange(num_sequences), seq_len)
-    cluster = rng.integers(0, C, num_sequences)[seq_id]  # [T]
+    pop = 1.0 / np.arange(1, C + 1) ** cluster_skew  # cluster popularity (Zipf)
+    pop /= pop.sum()
+    cluster = rng.choice(C, num_sequences, p=pop)[seq_id]  # [T]
     ids = np.empty((T, num_layers, top_k), np.int32)
     for l in range(num_layers):
         if l:
             jump = rng.random(T) > stay
-            cluster = np.where(jump, rng.integers(0, C, T), cluster)
+            cluster = np.where(jump, rng.choice(C, T, p=pop), cluster)
         # top_k distinct experts per token by Gumbel-top-k over the cluster's Zipf weights
         g = np.log(zipf)[None, :] + rng.gumbel(size=(T, size))
         pick = np.argsort(-g, axis=1)[:, :top_k]  # [T, K] positions in the cluster
