@@ -65,6 +65,7 @@ def calibrate_cmd(args) -> int:
         if prev and args.update:
             out["command"] = prev + " ; " + prov["command"]
         write_json_atomic(args.output, out)
+    _finish()
     return 0
 
 
@@ -102,4 +103,12 @@ def validate_cmd(args) -> int:
         res["trace"]["held_out_after_split"] = args.trace_split
         write_json_atomic(args.output, res)
         print(f"validate: wrote {args.output} ({len(res['cases'])} cases)")
+    _finish()
     return 0
+
+
+def _finish() -> None:
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
