@@ -52,7 +52,7 @@ def time_us(fn, reps: int = 20, warmup: int = 3, calls: int = 4) -> float:
     run = None
     try:
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
+        with torch.cuda.graph(g, capture_error_mode="thread_local"):
             for _ in range(calls):
                 fn()
         run = g.replay

@@ -104,6 +104,10 @@ def validate_cmd(args) -> int:
         write_json_atomic(args.output, res)
         print(f"validate: wrote {args.output} ({len(res['cases'])} cases)")
     _finish()
+    if rank == 0 and args.calibration and args.name:  # simulate the same cases right away
+        from specmoe.runtime.report import report_cmd
+        args.report = [args.output]
+        return report_cmd(args)
     return 0
 
 

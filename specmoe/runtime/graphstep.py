@@ -159,7 +159,7 @@ class ReplayStep:
             graphs = []
             for _, _, fn in self.segments:
                 g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=pool):
+                with torch.cuda.graph(g, pool=pool, capture_error_mode="thread_local"):
                     fn()
                 graphs.append(g)
             self.graphs = graphs
