@@ -9,13 +9,10 @@ simulator's predictions.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
 from specmoe.errors import InputError
 from specmoe.runtime import schedule
@@ -86,8 +83,3 @@ def measure(plans: list[RunPlan], trace: RoutingTrace, trace_path, batches, cont
                                "policy": p.policy, "physical_to_logical_map": p.phy2log.tolist()}
                       for p in plans},
             "cases": cases}
-
-
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()

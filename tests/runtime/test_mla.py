@@ -2,7 +2,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 from specmoe.runtime.config import MoEConfig
 from specmoe.runtime.model import KVCache, MLAttention, _apply_rope, init_random, rope_cos_sin
