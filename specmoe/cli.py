@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=10)
     p.add_argument("--num-layers", type=_positive_int, help="truncate the model (default: all)")
     p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--eager", action="store_true",
+                   help="time the eager live path instead of the CUDA-graph replay step")
     p.add_argument("-o", "--output", help="measured JSON to write")
     p.add_argument("--report", nargs="+", metavar="MEASURED.json",
                    help="compare measured JSONs with the simulator instead of measuring")

@@ -97,7 +97,7 @@ def validate_cmd(args) -> int:
         trace = trace.split_by_sequence(args.trace_split)[1]
     rank, world, device = init_from_env()
     res = measure(plans, trace, args.trace, _batches(args.batches), args.context, args.steps,
-                  args.seed, args.num_layers, device, rank, world)
+                  args.seed, args.num_layers, device, rank, world, graphs=not args.eager)
     if rank == 0:
         res["command"] = _command_line()
         res["trace"]["held_out_after_split"] = args.trace_split

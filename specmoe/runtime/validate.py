@@ -43,7 +43,7 @@ def case_tokens(trace: RoutingTrace, n: int, seed: int, num_moe_layers: int):
 
 def measure(plans: list[RunPlan], trace: RoutingTrace, trace_path, batches, context: int,
             steps: int, seed: int, num_layers: int | None, device, rank: int, world: int,
-            log=print) -> dict:
+            graphs: bool = True, log=print) -> dict:
     from specmoe.specs import load_model
 
     spec = load_model(plans[0].model)
@@ -67,7 +67,7 @@ def measure(plans: list[RunPlan], trace: RoutingTrace, trace_path, batches, cont
             layout = EPLayout(p.phy2log[:n_moe], p.ep, cfg.num_experts)
             t2g = schedule.token2gpu(p.policy, rows, trace, p.phy2log, p.ep, p.source)
             m = run_case(models[layout.slots_per_rank], layout, rank, device, ids, w, t2g,
-                         context, steps=steps)
+                         context, steps=steps, graphs=graphs)
             name = f"{p.name}-ep{p.ep}-{link_mode()}-b{b}"
             cases.append({"case": name, "plan": p.name, "plan_file": p.source, "ep": p.ep,
                           "mode": link_mode(), "batch": b, "policy": p.policy,
@@ -77,7 +77,7 @@ def measure(plans: list[RunPlan], trace: RoutingTrace, trace_path, batches, cont
                     f"  local {np.mean(m['local_activation_rate_rank']):.3f}")
     return {"kind": "specmoe.validate.measured", "version": 1, "model": plans[0].model,
             "num_layers": cfg.num_layers, "context": context, "steps": steps, "seed": seed,
-            "world": world, "mode": link_mode(),
+            "world": world, "mode": link_mode(), "timing": cases[0]["timing"] if cases else None,
             "trace": {"path": str(trace_path), "sha256": sha256(trace_path)},
             "plans": {p.name: {"file": p.source, "sha256": sha256(p.source), "ep": p.ep,
                                "policy": p.policy, "physical_to_logical_map": p.phy2log.tolist()}
