@@ -57,7 +57,26 @@ def simulate_cases(measured: dict, calibration, trace) -> list[dict]:
         out.append({"case": c["case"], "plan": c["plan"], "ep": c["ep"], "mode": c["mode"],
                     "batch": c["batch"], "measured": {f: c[f] for f in FIGURES},
                     "simulated": {"step_us": res.step_time_us, "moe_layer_us": res.moe_layer_us},
-                    "notes": res.notes})
+                    "phases": phase_totals(c["phases"], res.layers), "notes": res.notes})
+    return out
+
+
+# measured phase -> simulator column (shared experts and dense FFNs are in the simulator's experts)
+PHASE_MAP = {"attention": "attention_us", "gate": "gate_us", "dispatch": "dispatch_us",
+             "experts": "experts_us", "shared": "experts_us", "ffn": "experts_us",
+             "combine": "combine_us"}
+
+
+def phase_totals(measured_phases: dict, layers) -> dict:
+    """Per phase, summed over layers: {phase: [measured_us, simulated_us]}."""
+    out = {}
+    for per_layer in measured_phases.values():
+        for ph, us in per_layer.items():
+            if ph in PHASE_MAP:
+                key = PHASE_MAP[ph].removesuffix("_us")
+                out.setdefault(key, [0.0, 0.0])[0] += us
+    for key in out:
+        out[key][1] = float(layers[f"{key}_us"].sum())
     return out
 
 
@@ -107,7 +126,8 @@ def build_report(rows: list[dict], name: str) -> dict:
     return {"name": name, "calibration_batches": sorted(cal_b), "held_out_batches": sorted(held_b),
             "median_abs_rel_error": summary["all"]["median_abs_rel_error"],
             "p90_abs_rel_error": summary["all"]["p90_abs_rel_error"], "by_figure": summary,
-            "fits": fits, "rows": table, "speculative_benefit": benefit(table)}
+            "fits": fits, "rows": table, "speculative_benefit": benefit(table),
+            "phases_by_case": {r["case"]: r["phases"] for r in rows}}
 
 
 def benefit(table: list[dict]) -> list[dict]:

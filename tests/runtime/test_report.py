@@ -20,7 +20,8 @@ def _rows(meas_of):
         sim = 100.0 * b
         rows.append({"case": f"c{b}", "plan": "contiguous", "ep": 2, "mode": "nvlink", "batch": b,
                      "simulated": {"step_us": sim, "moe_layer_us": sim / 10},
-                     "measured": {"step_us": meas_of(sim), "moe_layer_us": meas_of(sim) / 10}})
+                     "measured": {"step_us": meas_of(sim), "moe_layer_us": meas_of(sim) / 10},
+                     "phases": {}})
     return rows
 
 
