@@ -49,13 +49,13 @@ def time_us(fn, reps: int = 20, warmup: int = 3, calls: int = 4) -> float:
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    run = None
+    from specmoe.runtime.graphstep import capture_graphs
+
+    def calls_fn():
+        for _ in range(calls):
+            fn()
     try:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, capture_error_mode="thread_local"):
-            for _ in range(calls):
-                fn()
-        run = g.replay
+        run = capture_graphs([calls_fn])[0].replay
         run()
     except RuntimeError:
         torch.cuda.synchronize()

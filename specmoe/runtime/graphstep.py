@@ -44,6 +44,29 @@ def layer_dispatch(phys_l: np.ndarray, token2gpu: np.ndarray, rank: int, spr: in
     return t_idx, slots, mask, send, recv
 
 
+def capture_graphs(fns) -> list:
+    """One CUDA graph per function, captured in order on a side stream into one shared memory
+    pool (so they must be replayed in the same order). capture_begin/end directly: the
+    torch.cuda.graph context would gc.collect() and empty the cache before every capture.
+    Thread-local capture mode lets NCCL's watchdog thread query its events meanwhile."""
+    pool = torch.cuda.graph_pool_handle()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    graphs = []
+    with torch.cuda.stream(side):
+        for fn in fns:
+            g = torch.cuda.CUDAGraph()
+            g.capture_begin(pool=pool, capture_error_mode="thread_local")
+            try:
+                fn()
+            finally:
+                g.capture_end()
+            graphs.append(g)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    return graphs
+
+
 class ReplayStep:
     """Segments (layer, phase, fn) of one decode step on one rank; fn mutates `self.buf`."""
 
@@ -115,7 +138,7 @@ class ReplayStep:
         def fn():
             x = buf["x"] + layer.self_attn(layer.input_layernorm(buf["x"]), buf["cos"], buf["sin"], self.cache)
             buf["x"] = x
-            buf["h"] = layer.post_attention_layernorm(x).reshape(self.b, -1)
+            buf["h"] = layer.post_attention_layernorm(x).reshape(self.b, self.model.cfg.hidden_size)
         return fn
 
     def _moe(self, li, block, plan):
@@ -155,14 +178,7 @@ class ReplayStep:
             fn()
         torch.cuda.synchronize()
         try:
-            pool = torch.cuda.graph_pool_handle()
-            graphs = []
-            for _, _, fn in self.segments:
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=pool, capture_error_mode="thread_local"):
-                    fn()
-                graphs.append(g)
-            self.graphs = graphs
+            self.graphs = capture_graphs([fn for _, _, fn in self.segments])
             return True
         except RuntimeError:
             self.graphs = None
