@@ -46,3 +46,12 @@ def test_cli_report_rejects_non_measured_json(tmp_path, capsys):
     f.write_text("{}")
     assert main(["validate", "--report", str(f)]) == 2
     assert "kind" in capsys.readouterr().err
+
+
+def test_calibrate_without_gpu_is_a_one_line_error(tmp_path, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    assert main(["calibrate", "-o", str(tmp_path / "c.json")]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
