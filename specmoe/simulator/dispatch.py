@@ -87,20 +87,26 @@ def _replica_phys(phy2log_l: np.ndarray, E: int) -> tuple[np.ndarray, np.ndarray
     return count, first
 
 
-def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: int,
-          has_none: bool | None = None) -> Dispatch:
-    """Dispatch counts for `topk_ids [T, L, K]` (-1 = none), `token2gpu [T]`, `phy2log [L, P]`.
-    `has_none`: whether topk_ids holds any -1 (computed when None).
+def _check_ids(ids: np.ndarray, E: int) -> bool:
+    """InputError unless every id is in [-1, E); returns whether any is -1."""
+    lo, hi = int(ids.min(initial=0)), int(ids.max(initial=0))
+    if lo < -1 or hi >= E:
+        raise InputError("topk_ids", "", f"expert id {lo if lo < -1 else hi} outside [-1, {E})")
+    return lo < 0
 
-    Counting runs over blocks of source ranks, so each block's histogram stays in cache."""
+
+def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: int) -> Dispatch:
+    """Dispatch counts for `topk_ids [T, L, K]` (-1 = none), `token2gpu [T]`, `phy2log [L, P]`.
+
+    Counting (and the id range check) runs over blocks of source ranks, so each block's data
+    and histogram stay in cache."""
     T, L, K = topk_ids.shape
     P = phy2log.shape[1]
     per_rank = P // ep
     E = int(phy2log.max()) + 1
     src = np.asarray(token2gpu, np.int64)
     phys, replicated = _physical(np.asarray(topk_ids), src, phy2log, per_rank, ep, E)
-    if has_none is None or replicated or phys is not topk_ids:
-        has_none = bool(phys.min(initial=0) < 0)
+    tokens_per_gpu = np.bincount(src, minlength=ep).astype(np.int64)
     per_expert = per_rank > 1 or replicated
     copies = np.zeros((ep, L, ep), np.int64)
     expert_tokens = np.zeros((L, P), np.int64)
@@ -108,6 +114,7 @@ def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: 
     block = max(1, 262144 // (L * ep))  # source ranks per histogram of <= 256k bins
     for s0, chunk, local in _source_blocks(phys, src, ep, block):
         nb = min(block, ep - s0)
+        has_none = _check_ids(chunk, P)  # physical ids (== logical ones when contiguous)
         layer_off = np.arange(L, dtype=np.int64).reshape((1,) * (chunk.ndim - 2) + (L, 1))
         dst = chunk // per_rank if per_rank > 1 else chunk  # [..., L, K]; -1 stays negative
         valid = chunk >= 0 if has_none or per_rank > 1 else None
@@ -127,9 +134,8 @@ def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: 
             used = (chunk >= 0).any(axis=-1).reshape(-1, L)  # [n, L]
             who = np.broadcast_to(local, chunk.shape).reshape(-1, L, chunk.shape[-1])[:, 0, 0]
             routed[s0:s0 + nb] = np.stack([np.bincount(who, used[:, l], minlength=nb) for l in range(L)], axis=1)
-    tokens_per_gpu = np.bincount(src, minlength=ep).astype(np.int64)
-    if not has_none:
-        routed[:] = tokens_per_gpu[:, None]
+        else:
+            routed[s0:s0 + nb] = tokens_per_gpu[s0:s0 + nb, None]
     if not per_expert:  # dst is the physical expert: its tokens are the column sums
         expert_tokens = copies.sum(axis=0)
     return Dispatch(copies, expert_tokens, tokens_per_gpu, np.ascontiguousarray(routed.T))
@@ -159,6 +165,7 @@ def _physical(ids, src, phy2log, per_rank, ep, E) -> tuple[np.ndarray, bool]:
     L = phy2log.shape[0]
     if phy2log.shape[1] == E and (phy2log == np.arange(E)).all():  # contiguous: phys == logical
         return ids, False
+    _check_ids(ids, E)  # before the table lookups below
     if (phy2log == phy2log[0]).all() and np.bincount(phy2log[0], minlength=E).max() == 1:
         count, first = _replica_phys(phy2log[0], E)
         return np.append(first, -1).astype(np.int32)[ids], False  # -1 indexes the last slot

@@ -11,7 +11,9 @@ pair of GPUs form one flow.
 A collective costs `alpha + transfer + steps * max_path_latency`: the NCCL floor
 (`collective_latency_us`) to launch and synchronise, the fluid transfer, and the propagation of
 the last bytes. `FlowNetwork(coalesce=...)` can batch nearly simultaneous completions
-(see its docstring); the default is exact.
+(see its docstring); the default is exact. Once every remaining flow crosses one link that
+no other link on their paths can out-limit, the rest drains in closed form (equal shares,
+ends in order of size).
 """
 from __future__ import annotations
 
@@ -29,59 +31,105 @@ _EPS = 1e-12
 
 @dataclass
 class Incidence:
-    """Flows x links, with the index orders progressive filling needs (built once per
-    collective; events then only mask flows out).
+    """Flows x links as a padded table, with the orders progressive filling needs.
 
-    links: int [nnz] link of each incidence, grouped by flow (csr order)
-    indptr: int [F + 1]; owner: int [nnz] flow of each incidence
-    by_link: int [nnz] incidences sorted by link; link_starts, link_ids: the groups' starts and links
+    pad:   int [D, F] each flow's links (D = most links on one flow), padded with num_links,
+           a dummy link of infinite share
+    links, owner: int [nnz] every real (flow, link) incidence
+    links_by_link, owner_by_link: int [nnz] the same incidences sorted by link;
+    link_starts, link_ids: where each link's group starts in that order, and its link
     """
 
+    pad: np.ndarray
+    num_links: int
     links: np.ndarray
-    indptr: np.ndarray
     owner: np.ndarray
-    by_link: np.ndarray
+    links_by_link: np.ndarray
+    owner_by_link: np.ndarray
     link_starts: np.ndarray
     link_ids: np.ndarray
-    num_links: int
 
     @classmethod
     def from_csr(cls, a: sp.csr_matrix) -> "Incidence":
-        links, indptr = a.indices.astype(np.int64), a.indptr.astype(np.int64)
-        owner = np.repeat(np.arange(a.shape[0]), np.diff(indptr))
+        indptr = a.indptr.astype(np.int64)
+        deg = np.diff(indptr)
+        owner = np.repeat(np.arange(a.shape[0]), deg)
+        links = a.indices.astype(np.int64)
+        pad = np.full((int(deg.max(initial=1)), a.shape[0]), a.shape[1], np.int64)
+        pad[np.arange(len(owner)) - indptr[owner], owner] = links
         by_link = np.argsort(links, kind="stable")
-        ls = links[by_link]
-        starts = np.flatnonzero(np.r_[True, ls[1:] != ls[:-1]]) if len(ls) else np.zeros(0, np.int64)
-        return cls(links, indptr, owner, by_link, starts, ls[starts], a.shape[1])
+        return cls._grouped(pad, a.shape[1], links, owner, links[by_link], owner[by_link])
+
+    @classmethod
+    def _grouped(cls, pad, num_links, links, owner, lbl, obl) -> "Incidence":
+        starts = np.flatnonzero(np.concatenate([[True], lbl[1:] != lbl[:-1]])) if len(lbl) \
+            else np.zeros(0, np.int64)
+        return cls(pad, num_links, links, owner, lbl, obl, starts, lbl[starts])
+
+    def subset(self, keep: np.ndarray) -> "Incidence":
+        """The flows where `keep [F]` is true, renumbered in order (no re-sorting)."""
+        renum = np.cumsum(keep) - 1
+        a, b = keep[self.owner], keep[self.owner_by_link]
+        return Incidence._grouped(np.ascontiguousarray(self.pad[:, keep]), self.num_links,
+                                  self.links[a], renum[self.owner[a]],
+                                  self.links_by_link[b], renum[self.owner_by_link[b]])
+
+
+def _row_min(values: np.ndarray, pad: np.ndarray) -> np.ndarray:
+    """min over each flow's links of `values [E + 1]`, `pad [D, F]` -> `[F]`."""
+    out = values[pad[0]]
+    for row in pad[1:]:
+        np.minimum(out, values[row], out=out)
+    return out
+
+
+def _shared_bottleneck(inc: Incidence, capacity: np.ndarray) -> float | None:
+    """The capacity of a link that every flow crosses, if no other link on their paths is
+    slower (then no other link can ever bind); else None."""
+    F = inc.pad.shape[1]
+    count = np.bincount(inc.links, minlength=inc.num_links)
+    common = np.flatnonzero(count == F)
+    if not len(common):
+        return None
+    cap = float(capacity[common].min())
+    used = count > 0
+    return cap if capacity[used].min() >= cap else None
 
 
 def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
                   active: np.ndarray | None = None) -> np.ndarray:
-    """Max-min fair rates `[F]` of the `active [F]` flows (others get 0), every flow's row of
-    the incidence non-empty, `capacity [E]`."""
+    """Max-min fair rates `[F]` of the `active [F]` flows (others get 0), every flow having at
+    least one link, `capacity [E]`. Frozen flows are dropped from the working set whenever
+    they are the majority, so late rounds (few flows left) are cheap."""
     if sp.issparse(inc):
         inc = Incidence.from_csr(sp.csr_matrix(inc))
-    F, E = len(inc.indptr) - 1, inc.num_links
-    links, owner = inc.links, inc.owner
-    starts = inc.indptr[:-1]
-    frozen = np.zeros(F, bool) if active is None else ~active
+    F, E = inc.pad.shape[1], inc.num_links
     rate = np.zeros(F)
+    ids = np.arange(F) if active is None else np.flatnonzero(active)
+    w = inc if len(ids) == F else inc.subset(np.asarray(active, bool))
     left = capacity.astype(np.float64).copy()
-    while not frozen.all():
-        n = np.bincount(links, weights=~frozen[owner], minlength=E)
-        share = np.full(E, np.inf)
-        np.divide(left, n, out=share, where=n > 0)
-        m = np.minimum.reduceat(share[links], starts)  # [F] tightest share of each flow
+    share = np.full(E + 1, np.inf)  # the last slot is the padding's dummy link
+    neck_share = np.full(E + 1, np.inf)
+    frozen = np.zeros(len(ids), bool)
+    while len(ids):
+        n = np.bincount(w.links, weights=~frozen[w.owner], minlength=E)
+        share[:E] = np.inf
+        np.divide(left, n, out=share[:E], where=n > 0)
+        m = _row_min(share, w.pad)  # tightest share of each flow
         m[frozen] = np.inf
-        best = np.full(E, np.inf)  # [E] smallest tightest-share among a link's flows
-        best[inc.link_ids] = np.minimum.reduceat(m[owner[inc.by_link]], inc.link_starts)
-        neck = (n > 0) & (share <= best * (1 + 1e-9))
-        on_neck = np.minimum.reduceat(np.where(neck, share, np.inf)[links], starts)
+        best = np.full(E, np.inf)  # smallest tightest-share among a link's flows
+        best[w.link_ids] = np.minimum.reduceat(m[w.owner_by_link], w.link_starts)
+        neck = (n > 0) & (share[:E] <= best * (1 + 1e-9))
+        neck_share[:E] = np.where(neck, share[:E], np.inf)
+        on_neck = _row_min(neck_share, w.pad)
         new = ~frozen & (on_neck <= m * (1 + 1e-9))
-        rate[new] = m[new]
+        rate[ids[new]] = m[new]
         frozen |= new
-        left -= np.bincount(links, weights=np.where(new, rate, 0.0)[owner], minlength=E)
+        left -= np.bincount(w.links, weights=np.where(new, m, 0.0)[w.owner], minlength=E)
         np.maximum(left, 0.0, out=left)
+        if 2 * frozen.sum() >= len(ids):
+            keep = ~frozen
+            ids, w, frozen = ids[keep], w.subset(keep), np.zeros(int(keep.sum()), bool)
     return rate
 
 
@@ -139,27 +187,40 @@ class FlowNetwork:
 
     def transfer(self, env: simpy.Environment, traffic: np.ndarray, out: dict):
         """simpy process: move `traffic [G, G]` bytes; rates recomputed as flows end."""
-        rows, rem = self._flows(traffic)
+        rows, size = self._flows(traffic)
         inc = Incidence.from_csr(self.pair_links[rows])
-        loads = np.bincount(inc.links, weights=rem[inc.owner], minlength=inc.num_links)
+        loads = np.bincount(inc.links, weights=size[inc.owner], minlength=inc.num_links)
         window = self.coalesce * float((loads / self.capacity).max(initial=0.0))
         finish = np.full(len(rows), np.nan)
-        active = np.ones(len(rows), bool)
+        ids, rem = np.arange(len(rows)), size.copy()  # the flows still active
         t0, recomputations = env.now, 0
-        while active.any():
-            rate = max_min_rates(inc, self.capacity, active)
+        while len(ids):
+            tail = _shared_bottleneck(inc, self.capacity)
+            if tail is not None:  # the rest drains through one link at its full rate
+                yield from self._drain(env, t0, tail, ids, rem, finish)
+                break
+            rate = max_min_rates(inc, self.capacity)
             recomputations += 1
-            ends = np.full(len(rows), np.inf)
-            ends[active] = rem[active] / rate[active]
+            ends = rem / rate
             first = ends.min()
             done = ends <= first + window + _EPS * first
             dt = float(ends[done].max())
             yield env.timeout(dt)
-            rem = np.where(active, np.maximum(rem - rate * dt, 0.0), rem)
-            finish[done] = env.now - t0 - (dt - ends[done])
-            rem[done] = 0.0
-            active &= ~done
+            finish[ids[done]] = env.now - t0 - (dt - ends[done])
+            keep = ~done
+            ids, rem, inc = ids[keep], (rem - rate * dt)[keep], inc.subset(keep)
         out.update(transfer_s=env.now - t0, finish=finish, rows=rows, recomputations=recomputations)
+
+    def _drain(self, env, t0, cap: float, ids, rem, finish):
+        """Flows sharing one bottleneck of capacity `cap` that nothing else can limit: max-min
+        splits it equally, so they end in order of size; flow i (sorted) ends after
+        sum_{j<i} rem_j + (n - i) rem_i bytes have crossed the link."""
+        order = np.argsort(rem, kind="stable")
+        r = rem[order]
+        n = len(r)
+        ends = (np.cumsum(r) - r + (n - np.arange(n)) * r) / cap
+        finish[ids[order]] = env.now - t0 + ends
+        yield env.timeout(float(ends[-1]))
 
     def collective(self, env, traffic: np.ndarray, steps: int = 1, out: dict | None = None):
         """simpy process: alpha (launch and sync), the transfer, then the last bytes' latency."""

@@ -1,0 +1,38 @@
+import torch
+
+from specmoe.kernels import _common
+
+
+def test_lookup_picks_nearest_bucket(monkeypatch):
+    table = {"devices": {"cpu": {"moe_gate_up": {"E8_H64_F96": {"1": {"BLOCK_M": 16}, "64": {"BLOCK_M": 32},
+                                                                "256": {"BLOCK_M": 64}}}}}}
+    monkeypatch.setattr(_common, "_load_configs", lambda: table)
+    cpu = torch.device("cpu")
+    assert _common.lookup("moe_gate_up", cpu, "E8_H64_F96", 1, {})["BLOCK_M"] == 16
+    assert _common.lookup("moe_gate_up", cpu, "E8_H64_F96", 40, {})["BLOCK_M"] == 32   # log2: 5.3 nearer 6
+    assert _common.lookup("moe_gate_up", cpu, "E8_H64_F96", 200, {})["BLOCK_M"] == 64
+    assert _common.lookup("moe_gate_up", cpu, "other", 8, {"BLOCK_M": 7}) == {"BLOCK_M": 7}
+
+
+def test_shipped_configs_are_well_formed():
+    """Every stored config names the meta-parameters its wrapper reads."""
+    need = {"tree_attention": {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "num_splits"},
+            "moe_gate_up": {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"},
+            "moe_down": {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}}
+    devices = _common._load_configs()["devices"]
+    assert devices
+    for kernels in devices.values():
+        for kernel, shapes in kernels.items():
+            for buckets in shapes.values():
+                for key, cfg in buckets.items():
+                    assert int(key) > 0 and set(cfg) - {"tma"} == need[kernel], (kernel, key, cfg)
+        for key in kernels["moe_gate_up"]:                  # one alignment for both GEMMs
+            for m, cfg in kernels["moe_gate_up"][key].items():
+                assert kernels["moe_down"][key][m]["BLOCK_M"] == cfg["BLOCK_M"]
+
+
+def test_buffers_are_poisoned_in_tests():
+    """The conftest's poisoning is active, so the kernel tests would see unwritten elements."""
+    assert torch.isnan(_common.empty((3,), torch.float32, "cpu")).all()
+    assert (_common.empty((3,), torch.int8, "cpu") == -128).all()
+    assert (_common.empty((3,), torch.int32, "cpu") == _common.INT_POISON).all()
