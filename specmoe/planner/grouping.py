@@ -132,7 +132,7 @@ def kl_refine(X: sp.csr_matrix, e2r: np.ndarray, home: np.ndarray | None, weight
 
     X `[T, E]` incidence; e2r `[E]`; home `[T]` source rank of each token (None: count every
     rank a token touches); weight `[H, E]` (or `[E]`) loads: the bound max/mean <= `bound`
-    must hold for every row (e.g. the whole profile and its halves, so the plan does not
+    must hold for every row (the profile and bootstrap resamples of it, so the plan does not
     lean on one sample). While a row breaks the bound, each pass makes the cheapest swap
     that lightens the heaviest rank. Returns the refined e2r `[E]`."""
     e2r = e2r.copy()
@@ -208,25 +208,55 @@ def greedy_layer(W: np.ndarray, prev_aff: np.ndarray | None, weight: np.ndarray,
 
 
 def add_replicas(e2r: np.ndarray, W: np.ndarray, weight: np.ndarray, num_redundant: int,
-                 ep: int) -> list[list[int]]:
+                 ep: int, bound: float = np.inf) -> list[list[int]]:
     """Which experts get the redundant slots, and where (one layer).
 
     The experts to replicate are EPLB's (highest load per replica first); each replica goes
     to the rank with a free slot, not yet holding it, whose experts co-activate with it most
-    (tokens there then find it locally). Returns extra[g]: logical ids added to rank g."""
+    (tokens there then find it locally), among the ranks whose load stays within `bound` x
+    the mean when the replica takes an equal share of the expert's load (else the lightest).
+    Returns extra[g]: logical ids added to rank g."""
     from specmoe.planner.eplb import replicate
     E = len(e2r)
     per_rank = (E + num_redundant) // ep
     free = per_rank - np.bincount(e2r, minlength=ep)
     phy, _ = replicate(weight, E + num_redundant, ep)
     extra: list[list[int]] = [[] for _ in range(ep)]
-    onehot = np.eye(ep)[e2r]  # [E, ep]
+    onehot = np.eye(ep)[e2r]  # [E, ep] replicas of each expert on each rank
+    limit = bound * weight.sum() / ep
     for e in phy[E:]:
         aff = W[e] @ onehot
         ok = (free > 0) & (onehot[e] == 0)
         ok = ok if ok.any() else free > 0
-        g = int(np.argmax(np.where(ok, aff, -np.inf)))
+        load = _replica_loads(onehot, weight)
+        share = weight[e] / (onehot[e].sum() + 1)
+        fits = ok & (load - np.where(onehot[e] > 0, weight[e] / onehot[e].sum() - share, 0)
+                     + share <= limit)
+        g = int(np.argmax(np.where(fits, aff, -np.inf))) if fits.any() \
+            else int(np.argmin(np.where(ok, load, np.inf)))
         extra[g].append(int(e))
         free[g] -= 1
         onehot[e, g] = 1.0
+    return _fix_duplicates(e2r, extra)
+
+
+def _fix_duplicates(e2r: np.ndarray, extra: list[list[int]]) -> list[list[int]]:
+    """Swap replicas between ranks until no rank holds an expert twice (when the greedy
+    order left a replica only a rank that already had it)."""
+    held = [set(np.flatnonzero(e2r == g).tolist()) for g in range(len(extra))]
+    for g, reps in enumerate(extra):
+        for i, e in enumerate(reps):
+            if e not in held[g] and reps.count(e) == 1:
+                continue
+            for h, other in enumerate(extra):
+                j = next((j for j, f in enumerate(other) if h != g and e not in held[h]
+                          and e not in other and f not in held[g] and f not in reps), None)
+                if j is not None:
+                    reps[i], other[j] = other[j], e
+                    break
     return extra
+
+
+def _replica_loads(onehot: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Rank loads `[ep]` when each expert's load is split evenly over its replicas."""
+    return (onehot / onehot.sum(1, keepdims=True)).T @ weight
