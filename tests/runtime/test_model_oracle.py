@@ -72,3 +72,29 @@ def test_unsupported_model_type(tmp_path):
         "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1}))
     with pytest.raises(InputError, match="model_type"):
         load_hf(tmp_path)
+
+
+def test_fused_expert_layout_loads_the_same(mixtral_ckpt, tmp_path):
+    """transformers 5 modules hold experts fused (gate_up_proj [E, 2F, H], down_proj [E, H, F]);
+    a checkpoint in that layout gives the same logits."""
+    from safetensors.torch import load_file, save_file
+    path, hf = mixtral_ckpt
+    state = load_file(str(path / "model.safetensors"))
+    fused = {}
+    for k, v in state.items():
+        if ".block_sparse_moe.experts." in k:
+            continue
+        fused[k.replace(".block_sparse_moe.gate.", ".mlp.gate.")] = v
+    for i in range(hf.config.num_hidden_layers):
+        p = f"model.layers.{i}.block_sparse_moe.experts"
+        e = range(hf.config.num_local_experts)
+        fused[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat([state[f"{p}.{j}.w1.weight"], state[f"{p}.{j}.w3.weight"]]) for j in e])
+        fused[f"model.layers.{i}.mlp.experts.down_proj"] = torch.stack([state[f"{p}.{j}.w2.weight"] for j in e])
+    save_file(fused, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    ids = _ids(hf.config.vocab_size, seed=4)
+    with torch.no_grad():
+        ref = hf(input_ids=ids).logits.float()
+        got = load_hf(tmp_path)(ids)
+    assert (got - ref).abs().max().item() < 1e-4
