@@ -22,7 +22,7 @@ $(VENV)/.dev: $(VENV)/.core
 	touch $@
 
 demo: $(VENV)/.core
-	$(VENV)/bin/specmoe trace stats
+	$(VENV)/bin/specmoe whatif --report whatif-report
 
 test: $(VENV)/.dev
 	TRITON_INTERPRET=1 $(PY) -m pytest

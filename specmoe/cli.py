@@ -228,7 +228,28 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- end runtime (speculative decoding) ----
 
     # ---- what-if: whatif ----
-    # (subcommands of this area go here)
+    p = _cmd(sub, "whatif", "specmoe.planner.whatif_commands:whatif_cmd",
+             "capacity planning: the highest request rate each candidate deployment serves "
+             "within the SLOs, ranked, with a Pareto front of cost against capacity")
+    p.add_argument("--config", metavar="YAML", help="a what-if file (fields of WhatIfConfig)")
+    p.add_argument("--models", nargs="+", metavar="MODEL")
+    p.add_argument("--clusters", nargs="+", metavar="CLUSTER")
+    p.add_argument("--ep", nargs="+", type=_positive_int, metavar="N",
+                   help="EP degrees (default: one EP group over the whole cluster)")
+    p.add_argument("--attention", nargs="+", choices=["dp", "tp"])
+    p.add_argument("--placements", nargs="+",
+                   choices=["contiguous", "eplb", "grouping", "speculative"])
+    p.add_argument("--tree-budgets", nargs="+", type=_nonneg_int, metavar="N",
+                   help="draft tokens per step; 0 = speculative decoding off")
+    p.add_argument("--workload", help="workload preset or YAML (requests and SLOs)")
+    p.add_argument("--rate-min", type=_positive_float, metavar="RPS")
+    p.add_argument("--rate-max", type=_positive_float, metavar="RPS")
+    p.add_argument("--slo-ttft-ms", type=_positive_float)
+    p.add_argument("--slo-tpot-ms", type=_positive_float)
+    p.add_argument("--seed", type=_nonneg_int)
+    p.add_argument("--jobs", type=_positive_int, default=2, help="worker processes (default 2)")
+    p.add_argument("--report", metavar="DIR", help="write report.md, plots and the best plan here")
+    p.add_argument("--json", action="store_true")
     # ---- end what-if ----
     return ap
 

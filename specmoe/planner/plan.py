@@ -146,7 +146,9 @@ def from_json(d, source="plan") -> Plan:
     if phy2log.shape[1] != E + num_red:
         raise InputError(source, "placement.num_redundant_experts",
                          f"{phy2log.shape[1]} physical slots != {E} logical + {num_red} redundant")
-    sched = _get(d, "token_schedule", source, "", dict)
+    # A hand-written plan may give only the placement: no token schedule means round robin.
+    sched = (_get(d, "token_schedule", source, "", dict) if "token_schedule" in d
+             else dict(policy="none", predictor=None, tables=None))
     policy = _get(sched, "policy", source, "token_schedule.", str)
     if policy not in POLICIES:
         raise InputError(source, "token_schedule.policy", f"expected one of {', '.join(POLICIES)}, got {policy!r}")

@@ -133,8 +133,32 @@ def expected_accepted(tree: Tree, acc: Acceptance) -> float:
     return float(node_probs(tree, acc).sum())
 
 
-def sample_accepted(tree: Tree, acc: Acceptance, rng: np.random.Generator, size: int) -> np.ndarray:
-    """int [size]: tokens produced by `size` independent verify steps (accepted drafts + 1 bonus).
+def accepted_length_pmf(tree: Tree, acc: Acceptance) -> np.ndarray:
+    """pmf [max_depth + 2]: P(a verify step yields j tokens), bonus included (pmf[0] = 0).
+
+    The walk ends at accepted node v when none of v's drafted children is accepted, so
+    P(j = depth(v) + 1) sums f[v] · (1 − Σ_children p(child | v)) over nodes at that depth.
+    """
+    f = node_probs(tree, acc)
+    stop = f.copy()
+    for i in range(1, tree.budget + 1):
+        stop[tree.parents[i]] -= f[i]
+    pmf = np.zeros(tree.max_depth + 2)
+    np.add.at(pmf, tree.depth + 1, np.clip(stop, 0.0, None))
+    return pmf / pmf.sum()
+
+
+def sample_accepted(tree: Tree, acc: Acceptance, rng: np.random.Generator, size: int,
+                    pmf: np.ndarray | None = None) -> np.ndarray:
+    """int [size]: tokens produced by `size` independent verify steps (accepted drafts + 1 bonus),
+    drawn from the exact length distribution (`accepted_length_pmf`, pass it to reuse it)."""
+    pmf = accepted_length_pmf(tree, acc) if pmf is None else pmf
+    return rng.choice(len(pmf), size=size, p=pmf).astype(np.int64)
+
+
+def walk_accepted(tree: Tree, acc: Acceptance, rng: np.random.Generator, size: int) -> np.ndarray:
+    """int [size]: tokens of `size` verify steps, by walking the tree (the definition that
+    `accepted_length_pmf` is checked against; slower than `sample_accepted`).
 
     At an accepted node the rank-r child is accepted with probability p[depth, r], ranks being
     mutually exclusive; the walk stops at a node none of whose drafted children is accepted.

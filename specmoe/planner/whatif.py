@@ -22,7 +22,7 @@ class WhatIfConfig:
     """
 
     models: tuple[str, ...] = ("mixtral-8x7b", "deepseek-v2-lite")
-    clusters: tuple[str, ...] = ("h200x2-nvlink", "dgx-h100", "2x8-h100-ib400", "8x-l40s-pcie")
+    clusters: tuple[str, ...] = ("h200x2-nvlink", "dgx-h100", "8x-l40s-pcie")
     ep: tuple[int, ...] = ()
     attention: tuple[str, ...] = ("dp",)
     placements: tuple[str, ...] = ("contiguous", "speculative")

@@ -20,6 +20,8 @@ each step; what does not fit is charged as extra step time. `online_specdec` rep
 """
 from __future__ import annotations
 
+import bisect
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +30,8 @@ import pandas as pd
 from specmoe.errors import InputError
 from specmoe.planner.acceptance import Acceptance, geometric
 from specmoe.planner.tree_cost import DraftCost, VerifyCost, ceil_div, simulate_step
-from specmoe.planner.trees import Tree, expected_accepted, load_tree, sample_accepted
+from specmoe.planner.trees import (Tree, accepted_length_pmf, expected_accepted, load_tree,
+                                   sample_accepted)
 from specmoe.specs import ClusterSpec, ModelSpec, load_gpu
 from specmoe.traces.routing import RoutingTrace
 
@@ -106,6 +109,7 @@ class SpecDecoder:
         self.tree, self.acc, self.ep, self.network, self.seed = tree, acc, ep, network, seed
         self.draft = DraftCost("free") if tree.method == "recycling" else (draft or DraftCost.eagle_head(model))
         self._memo: dict = {}
+        self._pmf = accepted_length_pmf(tree, acc)  # reused every iteration
 
     def point_us(self, batch: int, context: int) -> float:
         """Draft + verify time of one iteration at a grid point."""
@@ -126,7 +130,8 @@ class SpecDecoder:
         return (1 - wb) * lo + wb * hi
 
     def iteration(self, costs, batch: int, mean_context: float, rng: np.random.Generator):
-        return 1e-6 * self.iteration_us(batch, mean_context), sample_accepted(self.tree, self.acc, rng, batch)
+        return (1e-6 * self.iteration_us(batch, mean_context),
+                sample_accepted(self.tree, self.acc, rng, batch, self._pmf))
 
     @property
     def expected_advance(self) -> float:
@@ -134,11 +139,12 @@ class SpecDecoder:
 
 
 def _bracket(grid, x: float):
-    """Neighbouring grid points and the weight of the upper one (extrapolating past the end)."""
-    i = int(np.clip(np.searchsorted(grid, x), 1, len(grid) - 1))
+    """Neighbouring grid points and the weight of the upper one (extrapolating past the end).
+    Plain Python: the serving loop calls this once per iteration."""
+    i = min(max(bisect.bisect_left(grid, x), 1), len(grid) - 1)
     lo, hi = grid[i - 1], grid[i]
     w = (x - lo) / (hi - lo)
-    return lo, hi, float(max(w, 0.0)) if x > grid[-1] else float(np.clip(w, 0.0, 1.0))
+    return lo, hi, max(w, 0.0) if x > grid[-1] else min(max(w, 0.0), 1.0)
 
 
 def load_spec(path, acceptance: str | None = None) -> tuple[Tree, Acceptance]:

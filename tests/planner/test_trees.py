@@ -10,6 +10,7 @@ from specmoe.planner.sequoia import sequoia_dp
 from specmoe.planner.trees import (Tree, brute_force_best, canonical, chain_tree, eagle2_tree,
                                    enumerate_trees, expected_accepted, load_tree, node_probs,
                                    recycling_template, rsd_beam, rsd_constant, sample_accepted,
+                                   walk_accepted, accepted_length_pmf,
                                    save_json, truncate)
 
 MODELS = {
@@ -72,8 +73,10 @@ def test_sampled_lengths_follow_exact_distribution():
         stop[tree.parents[i]] -= f[i]
     exact = np.bincount(tree.depth + 1, weights=stop, minlength=tree.max_depth + 2)
     n = 200_000
-    got = np.bincount(sample_accepted(tree, acc, np.random.default_rng(1), n), minlength=len(exact)) / n
-    assert np.abs(got - exact).max() < 4 * np.sqrt(0.25 / n)
+    for sampler in (walk_accepted, sample_accepted):  # the literal walk, and the pmf sampler
+        got = np.bincount(sampler(tree, acc, np.random.default_rng(1), n), minlength=len(exact)) / n
+        assert np.abs(got - exact).max() < 4 * np.sqrt(0.25 / n)
+    assert np.allclose(accepted_length_pmf(tree, acc), exact)
     assert exact.sum() == pytest.approx(1.0)
     assert (exact * np.arange(len(exact))).sum() == pytest.approx(expected_accepted(tree, acc))
 

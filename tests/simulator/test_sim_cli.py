@@ -55,8 +55,9 @@ def test_simulate_with_plan(capsys, tmp_path):
 
 
 def test_plan_that_does_not_fit_is_rejected(capsys, tmp_path):
-    plan = {"version": 1, "parallel": {"ep": 8, "attention": "dp"},
-            "placement": {"physical_to_logical_map": np.tile(np.arange(8), (32, 1)).tolist()}}
+    plan = {"version": 1, "model": "mixtral-8x7b", "cluster": "dgx-h100", "parallel": {"ep": 8, "attention": "dp"},
+            "placement": {"physical_to_logical_map": np.tile(np.arange(8), (32, 1)).tolist(),
+                          "num_redundant_experts": 0}}
     p = tmp_path / "plan.json"
     p.write_text(json.dumps(plan))
     rc, out, err = run(capsys, "simulate", "--model", "deepseek-v2-lite", "--cluster", "dgx-h100",
