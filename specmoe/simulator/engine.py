@@ -52,26 +52,39 @@ class Record:
 def run(work: list[list[LayerWork]]) -> list[Record]:
     """Simulate micro-batches `work[m][layer]`; returns one Record per phase executed."""
     env = simpy.Environment()
-    compute = simpy.Resource(env, capacity=1)
-    comm = simpy.Resource(env, capacity=1)
+    shared = len(work) > 1  # one micro-batch never waits for a stream: skip the resources
+    compute = simpy.Resource(env, capacity=1) if shared else None
+    comm = simpy.Resource(env, capacity=1) if shared else None
     records: list[Record] = []
 
+    def hold(stream):
+        if stream is None:
+            return None
+        req = stream.request()
+        return req
+
     def compute_phase(m, layer, phase, per_gpu_us):
-        with compute.request() as req:
+        req = hold(compute)
+        if req is not None:
             yield req
-            start = env.now
-            yield env.timeout(float(per_gpu_us.max(initial=0.0)) * 1e-6)
-            records.append(Record(m, layer, phase, start, env.now, per_gpu_us * 1e-6))
+        start = env.now
+        yield env.timeout(float(per_gpu_us.max(initial=0.0)) * 1e-6)
+        records.append(Record(m, layer, phase, start, env.now, per_gpu_us * 1e-6))
+        if req is not None:
+            compute.release(req)
 
     def comm_phase(m, layer, phase, c: Comm):
-        with comm.request() as req:
+        req = hold(comm)
+        if req is not None:
             yield req
-            start = env.now
-            if c.process is not None:
-                yield env.process(c.process(env))
-            else:
-                yield env.timeout(c.time_s)
-            records.append(Record(m, layer, phase, start, env.now, None))
+        start = env.now
+        if c.process is not None:
+            yield env.process(c.process(env))
+        else:
+            yield env.timeout(c.time_s)
+        records.append(Record(m, layer, phase, start, env.now, None))
+        if req is not None:
+            comm.release(req)
 
     def micro_batch(m, layers):
         for i, lw in enumerate(layers):
