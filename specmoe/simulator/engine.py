@@ -10,8 +10,6 @@ run back to back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 import simpy
 
@@ -33,10 +31,9 @@ class LayerWork:
 
 @dataclass
 class Comm:
-    """A collective: a fixed time (analytic tier) or a simpy process factory (flow tier)."""
+    """A collective and its time (priced by network.py or, in its own simpy run, flow.py)."""
 
     time_s: float = 0.0
-    process: Callable | None = None  # process(env) -> generator; its duration is the cost
 
 
 @dataclass
@@ -57,14 +54,8 @@ def run(work: list[list[LayerWork]]) -> list[Record]:
     comm = simpy.Resource(env, capacity=1) if shared else None
     records: list[Record] = []
 
-    def hold(stream):
-        if stream is None:
-            return None
-        req = stream.request()
-        return req
-
     def compute_phase(m, layer, phase, per_gpu_us):
-        req = hold(compute)
+        req = compute.request() if shared else None
         if req is not None:
             yield req
         start = env.now
@@ -74,14 +65,11 @@ def run(work: list[list[LayerWork]]) -> list[Record]:
             compute.release(req)
 
     def comm_phase(m, layer, phase, c: Comm):
-        req = hold(comm)
+        req = comm.request() if shared else None
         if req is not None:
             yield req
         start = env.now
-        if c.process is not None:
-            yield env.process(c.process(env))
-        else:
-            yield env.timeout(c.time_s)
+        yield env.timeout(c.time_s)
         records.append(Record(m, layer, phase, start, env.now, None))
         if req is not None:
             comm.release(req)
