@@ -59,6 +59,16 @@ def _cmd(sub, name, target, help):
     return p
 
 
+def _spec_flags(p, target):
+    """Speculative decoding for `simulate` / `serve-sim` (planner (draft trees) area): with
+    --spec the command runs through specmoe.simulator.specdec, which defers to the simulator's
+    own command when --spec is absent."""
+    p.add_argument("--spec", metavar="TREE.json", help="speculative decoding with this draft tree (`specmoe tree`)")
+    p.add_argument("--spec-acceptance", metavar="ACC", help="acceptance model (default: the one in TREE.json)")
+    p.add_argument("--spec-steps", type=_positive_int, default=16, help="decode steps simulated with --spec")
+    p.set_defaults(_target=target)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="specmoe", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"specmoe {_version()}")
@@ -115,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", metavar="FILE", help="write a per-GPU timeline (PNG)")
+    _spec_flags(p, "specmoe.simulator.specdec:simulate_cmd")
     p = _cmd(sub, "serve-sim", "specmoe.simulator.commands:serve_sim_cmd",
              "simulate serving a request trace with continuous batching: TTFT, TPOT, SLOs")
     p.add_argument("--model", required=True)
@@ -131,18 +142,85 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--output", metavar="CSV", help="write per-request metrics here")
     p.add_argument("--json", action="store_true")
+    _spec_flags(p, "specmoe.simulator.specdec:serve_sim_cmd")
     # ---- end simulator ----
 
     # ---- planner (placement): plan, plan show ----
-    # (subcommands of this area go here)
+    p = _cmd(sub, "plan", "specmoe.planner.commands:plan_cmd",
+             "fit an expert placement + token schedule on a routing trace and score it on held-out "
+             "sequences; `plan show PLAN` prints a plan's summary")
+    p.add_argument("action", nargs="?", choices=["show"], help="show: summarise PLAN")
+    p.add_argument("plan_file", nargs="?", metavar="PLAN", help="plan file (with `show`)")
+    p.add_argument("--model", help="model preset or YAML")
+    p.add_argument("--cluster", help="cluster preset or YAML")
+    p.add_argument("--routing", help="routing trace .npz (default: the embedded ESFT sample)")
+    p.add_argument("--ep", type=_positive_int, help="EP size (default: all GPUs of the cluster)")
+    p.add_argument("--method", default="speculative",
+                   choices=["contiguous", "round-robin", "eplb", "greedy", "grouping", "speculative"])
+    p.add_argument("--attention", default="tp", choices=["tp", "dp"],
+                   help="attention parallelism; decides the token-shuffling policy")
+    p.add_argument("--redundant", type=_nonneg_int, default=0, help="redundant expert slots")
+    p.add_argument("--profile-frac", type=_fraction, default=0.25)
+    p.add_argument("--balance", type=_positive_float, default=1.10,
+                   help="max/mean GPU load bound for grouping (default 1.10)")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--export", choices=["sglang", "vllm"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--output")
     # ---- end planner (placement) ----
 
     # ---- planner (draft trees): tree ----
-    # (subcommands of this area go here)
+    p = _cmd(sub, "tree", "specmoe.planner.tree_commands:tree_cmd",
+             "plan the draft tree with the most tokens/s for a model, cluster and acceptance model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--acceptance", required=True, metavar="ACC",
+                   help="inline p_k list (0.6,0.2,0.1) or a JSON file: acceptance trace, {p: [...]} or {alpha: [...]}")
+    p.add_argument("--budget", type=_nonneg_int, help="max draft tokens (default: searched up to 128)")
+    p.add_argument("--max-depth", type=_positive_int, default=10)
+    p.add_argument("--method", default="sequoia",
+                   choices=["sequoia", "recycling", "rsd-c", "rsd-s", "chain", "eagle2"])
+    p.add_argument("--batch", type=_positive_int, default=1, help="concurrent sequences")
+    p.add_argument("--routing", help="routing trace .npz or ESFT folder (default: the embedded "
+                   "ESFT sample when it fits the model, else synthetic)")
+    p.add_argument("--ep", type=_positive_int)
+    p.add_argument("--context-len", type=_positive_int, default=1024)
+    p.add_argument("--draft", choices=["model", "lookup"], default="model",
+                   help="model: a draft model's forward per level; lookup: Token Recycling's free "
+                   "adjacency-matrix drafter (always used by --method recycling)")
+    p.add_argument("--draft-params", type=_positive_float, help="draft model parameters (default: EAGLE-style head)")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--output", metavar="TREE.json")
     # ---- end planner (draft trees) ----
 
     # ---- runtime: calibrate, validate ----
-    # (subcommands of this area go here)
+    p = _cmd(sub, "calibrate", "specmoe.runtime.commands:calibrate_cmd",
+             "measure GEMM, grouped-GEMM, attention and all-to-all times on GPUs (torchrun)")
+    p.add_argument("-o", "--output", required=True, help="calibration JSON to write")
+    p.add_argument("--link", choices=["nvlink", "pcie"],
+                   help="link class of the all-to-all curve (default: pcie if NCCL_P2P_DISABLE=1)")
+    p.add_argument("--collectives-only", action="store_true", help="skip the kernel grids")
+    p.add_argument("--update", action="store_true", help="keep the other sections of OUTPUT")
+    p = _cmd(sub, "validate", "specmoe.runtime.commands:validate_cmd",
+             "run plans on GPUs with routing replay (torchrun), or --report: compare with the simulator")
+    p.add_argument("plans", nargs="*", metavar="PLAN.json")
+    p.add_argument("--trace", help="routing .npz replayed by the runtime (with --report: overrides the path recorded)")
+    p.add_argument("--trace-split", type=_fraction,
+                   help="use only the sequences after this fraction (the planner saw the rest)")
+    p.add_argument("--batches", default="1,2,4,8,16,32,64,128,256,512", help="tokens per GPU")
+    p.add_argument("--context", type=_positive_int, default=1024)
+    p.add_argument("--steps", type=_positive_int, default=10)
+    p.add_argument("--num-layers", type=_positive_int, help="truncate the model (default: all)")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--eager", action="store_true",
+                   help="time the eager live path instead of the CUDA-graph replay step")
+    p.add_argument("-o", "--output", help="measured JSON to write")
+    p.add_argument("--report", nargs="+", metavar="MEASURED.json",
+                   help="compare measured JSONs with the simulator instead of measuring")
+    p.add_argument("--calibration", help="calibration JSON for the simulator")
+    p.add_argument("--name", help="report name: docs/validation/NAME.{json,md,png}")
+    p.add_argument("--out-dir", default="docs/validation")
     # ---- end runtime ----
 
     # ---- runtime (speculative decoding): generate ----

@@ -1,0 +1,122 @@
+"""MoEConfig: what the torch model needs to build itself, from a ModelSpec or an HF config.json.
+
+Three styles share one decoder (model.py):
+  - Mixtral: softmax over all experts, top-k, renormalised; no shared expert.
+  - Qwen2-MoE: softmax, top-k, renormalised only if `norm_topk_prob`; one shared expert whose
+    output is scaled by sigmoid(shared_expert_gate(x)); `mlp_only_layers` are dense.
+  - DeepSeek (V2/V3): softmax or sigmoid scores; V3 adds `e_score_correction_bias` to the scores
+    for the choice only (weights stay unbiased) and scales by `routed_scaling_factor`; the first
+    `first_k_dense_replace` layers are dense; shared experts are ungated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from specmoe.errors import InputError
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    num_experts: int
+    top_k: int
+    expert_ffn: int
+    dense_ffn: int = 0
+    dense_layers: tuple[int, ...] = ()  # layer indices with a dense FFN instead of MoE
+    shared_ffn: int = 0  # total width of the shared expert(s); 0 = none
+    shared_gate: bool = False  # Qwen2-MoE: sigmoid gate on the shared expert
+    scoring: str = "softmax"  # softmax | sigmoid
+    norm_topk_prob: bool = True
+    score_bias: bool = False  # DeepSeek-V3 e_score_correction_bias
+    routed_scaling_factor: float = 1.0
+    qkv_bias: bool = False
+    v_head_dim: int = 0  # 0 = head_dim; absorbed MLA attends with 576-wide keys, 512-wide values
+    rms_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_dim: int = 0  # 0 = head_dim (rotary on the whole head)
+    kv_lora_rank: int = 0  # > 0: DeepSeek MLA, run in its absorbed decode form (model.MLAttention)
+    qk_nope_head_dim: int = 0
+    tie_embeddings: bool = False
+    name: str = "moe"
+    moe_layers: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self):
+        if self.scoring not in ("softmax", "sigmoid"):
+            raise InputError(self.name, "scoring", f"expected softmax or sigmoid, got {self.scoring!r}")
+        if not 0 < self.top_k <= self.num_experts:
+            raise InputError(self.name, "top_k", "must be in [1, num_experts]")
+        if self.num_heads % self.num_kv_heads:
+            raise InputError(self.name, "num_kv_heads", "must divide num_heads")
+        if self.dense_layers and self.dense_ffn <= 0:
+            raise InputError(self.name, "dense_ffn", "must be positive when there are dense layers")
+        moe = tuple(i for i in range(self.num_layers) if i not in set(self.dense_layers))
+        object.__setattr__(self, "moe_layers", moe)
+
+    @property
+    def v_dim(self) -> int:
+        return self.v_head_dim or self.head_dim
+
+
+def from_spec(spec, num_layers: int | None = None) -> MoEConfig:
+    """Build from a specs.ModelSpec. MLA keeps the spec's weights and runs absorbed
+    (DeepSeek-V2 paper §2.1.3): the cache holds one latent head of kv_lora_rank +
+    qk_rope_head_dim per token. `num_layers` truncates the model (dense layers kept first)."""
+    a = spec.attention
+    if a.kind == "gqa":
+        att = dict(num_heads=a.num_heads, num_kv_heads=a.num_kv_heads, head_dim=a.head_dim)
+    else:
+        if a.q_lora_rank:
+            raise InputError(spec.name, "attention.q_lora_rank", "MLA with a query LoRA is not built")
+        att = dict(num_heads=a.num_heads, num_kv_heads=1, head_dim=a.kv_lora_rank + a.qk_rope_head_dim,
+                   v_head_dim=a.v_head_dim, rope_dim=a.qk_rope_head_dim, kv_lora_rank=a.kv_lora_rank,
+                   qk_nope_head_dim=a.qk_nope_head_dim)
+    n = num_layers or spec.num_layers
+    dense = tuple(range(min(spec.num_dense_layers, n - 1 if n > 1 else 0)))
+    return MoEConfig(
+        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_layers=n, **att,
+        num_experts=spec.num_experts, top_k=spec.top_k, expert_ffn=spec.expert_intermediate_size,
+        dense_ffn=spec.dense_intermediate_size, dense_layers=dense,
+        shared_ffn=spec.shared_expert_intermediate_size, scoring=spec.scoring,
+        norm_topk_prob=spec.norm_topk_prob, name=spec.name)
+
+
+def _rope_theta(cfg: dict, default: float) -> float:
+    # transformers 5 nests it in rope_parameters; 4.x has a top-level rope_theta
+    rp = cfg.get("rope_parameters") or {}
+    return float(rp.get("rope_theta", cfg.get("rope_theta", default)))
+
+
+def from_hf_config(cfg: dict, source) -> MoEConfig:
+    """Build from a Mixtral, Qwen2-MoE or DeepSeek-V2/V3 `config.json` dict."""
+    mt = cfg.get("model_type")
+    try:
+        common = dict(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+                      num_layers=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
+                      num_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
+                      rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                      tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), name=mt)
+        common["head_dim"] = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        if mt == "mixtral":
+            return MoEConfig(**common, num_experts=cfg["num_local_experts"],
+                             top_k=cfg["num_experts_per_tok"], expert_ffn=cfg["intermediate_size"],
+                             rope_theta=_rope_theta(cfg, 1e6))
+        if mt == "qwen2_moe":
+            n, step = cfg["num_hidden_layers"], cfg.get("decoder_sparse_step", 1)
+            only = set(cfg.get("mlp_only_layers") or [])
+            dense = tuple(i for i in range(n) if i in only or (i + 1) % step != 0)
+            return MoEConfig(**common, num_experts=cfg["num_experts"],
+                             top_k=cfg["num_experts_per_tok"], expert_ffn=cfg["moe_intermediate_size"],
+                             dense_ffn=cfg["intermediate_size"], dense_layers=dense,
+                             shared_ffn=cfg.get("shared_expert_intermediate_size", 0),
+                             shared_gate=bool(cfg.get("shared_expert_intermediate_size", 0)),
+                             norm_topk_prob=bool(cfg.get("norm_topk_prob", False)),
+                             qkv_bias=bool(cfg.get("qkv_bias", True)), rope_theta=_rope_theta(cfg, 1e4))
+    except KeyError as e:
+        raise InputError(source, e.args[0], "required config key is missing") from None
+    raise InputError(source, "model_type",
+                     f"expected mixtral or qwen2_moe for checkpoint loading, got {mt!r}")
