@@ -26,12 +26,16 @@ class Dispatch:
     expert_tokens: int64 [num_moe_layers, num_physical]  token copies each physical expert computes
     tokens_per_gpu: int64 [ep]  tokens whose attention runs on each rank (token2gpu counts)
     routed:        int64 [num_moe_layers, ep]  tokens that use an MoE layer (not skipped), per source
+    sent:          int64 [ep, num_moe_layers]  counts summed over destinations (diagonal included)
+    received:      int64 [num_moe_layers, ep]  counts summed over sources (diagonal included)
     """
 
     counts: np.ndarray
     expert_tokens: np.ndarray
     tokens_per_gpu: np.ndarray
     routed: np.ndarray
+    sent: np.ndarray
+    received: np.ndarray
 
     @property
     def copies(self) -> np.ndarray:
@@ -111,25 +115,30 @@ def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: 
     copies = np.zeros((ep, L, ep), np.int64)
     expert_tokens = np.zeros((L, P), np.int64)
     routed = np.zeros((ep, L), np.int64)
+    sent, received = np.zeros((ep, L), np.int64), np.zeros((L, ep), np.int64)
     block = max(1, 262144 // (L * ep))  # source ranks per histogram of <= 256k bins
     for s0, chunk, local in _source_blocks(phys, src, ep, block):
         nb = min(block, ep - s0)
         has_none = _check_ids(chunk, P)  # physical ids (== logical ones when contiguous)
-        layer_off = np.arange(L, dtype=np.int64).reshape((1,) * (chunk.ndim - 2) + (L, 1))
+        # int32 keys: a block's histogram has < 2**31 bins, and int32 halves the memory traffic
+        layer_off = np.arange(L, dtype=np.int32).reshape((1,) * (chunk.ndim - 2) + (L, 1))
         dst = chunk // per_rank if per_rank > 1 else chunk  # [..., L, K]; -1 stays negative
         valid = chunk >= 0 if has_none or per_rank > 1 else None
         if per_rank > 1:  # two experts of a token on one GPU: one copy (top-k ids are distinct)
             for k in range(1, K):
                 for j in range(k):
                     valid[..., k] &= dst[..., k] != dst[..., j]
-        key = (local * L + layer_off) * ep + dst
+        key = (local.astype(np.int32) * L + layer_off) * ep + dst
         dump = nb * L * ep
         if valid is not None:
             key = np.where(valid, key, dump)
-        copies[s0:s0 + nb] = np.bincount(key.ravel(), minlength=dump + 1)[:dump].reshape(nb, L, ep)
+        blk = np.bincount(key.ravel(), minlength=dump + 1)[:dump].reshape(nb, L, ep)
+        copies[s0:s0 + nb] = blk
+        sent[s0:s0 + nb] = blk.sum(axis=2)  # sums while the block is in cache
+        received += blk.sum(axis=0)
         if per_expert:
             ok = chunk >= 0
-            expert_tokens += np.bincount((layer_off * P + chunk)[ok], minlength=L * P).reshape(L, P)
+            expert_tokens += np.bincount((layer_off.astype(np.int64) * P + chunk)[ok], minlength=L * P).reshape(L, P)
         if has_none:
             used = (chunk >= 0).any(axis=-1).reshape(-1, L)  # [n, L]
             who = np.broadcast_to(local, chunk.shape).reshape(-1, L, chunk.shape[-1])[:, 0, 0]
@@ -137,8 +146,9 @@ def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: 
         else:
             routed[s0:s0 + nb] = tokens_per_gpu[s0:s0 + nb, None]
     if not per_expert:  # dst is the physical expert: its tokens are the column sums
-        expert_tokens = copies.sum(axis=0)
-    return Dispatch(copies, expert_tokens, tokens_per_gpu, np.ascontiguousarray(routed.T))
+        expert_tokens = received
+    return Dispatch(copies, expert_tokens, tokens_per_gpu, np.ascontiguousarray(routed.T),
+                    sent, received)
 
 
 def _source_blocks(phys: np.ndarray, src: np.ndarray, ep: int, block: int):

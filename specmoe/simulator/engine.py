@@ -10,8 +10,6 @@ run back to back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
-
 import numpy as np
 import simpy
 
@@ -33,10 +31,9 @@ class LayerWork:
 
 @dataclass
 class Comm:
-    """A collective: a fixed time (analytic tier) or a simpy process factory (flow tier)."""
+    """A collective and its time (priced by network.py or, in its own simpy run, flow.py)."""
 
     time_s: float = 0.0
-    process: Callable | None = None  # process(env) -> generator; its duration is the cost
 
 
 @dataclass
@@ -52,26 +49,30 @@ class Record:
 def run(work: list[list[LayerWork]]) -> list[Record]:
     """Simulate micro-batches `work[m][layer]`; returns one Record per phase executed."""
     env = simpy.Environment()
-    compute = simpy.Resource(env, capacity=1)
-    comm = simpy.Resource(env, capacity=1)
+    shared = len(work) > 1  # one micro-batch never waits for a stream: skip the resources
+    compute = simpy.Resource(env, capacity=1) if shared else None
+    comm = simpy.Resource(env, capacity=1) if shared else None
     records: list[Record] = []
 
     def compute_phase(m, layer, phase, per_gpu_us):
-        with compute.request() as req:
+        req = compute.request() if shared else None
+        if req is not None:
             yield req
-            start = env.now
-            yield env.timeout(float(per_gpu_us.max(initial=0.0)) * 1e-6)
-            records.append(Record(m, layer, phase, start, env.now, per_gpu_us * 1e-6))
+        start = env.now
+        yield env.timeout(float(per_gpu_us.max(initial=0.0)) * 1e-6)
+        records.append(Record(m, layer, phase, start, env.now, per_gpu_us * 1e-6))
+        if req is not None:
+            compute.release(req)
 
     def comm_phase(m, layer, phase, c: Comm):
-        with comm.request() as req:
+        req = comm.request() if shared else None
+        if req is not None:
             yield req
-            start = env.now
-            if c.process is not None:
-                yield env.process(c.process(env))
-            else:
-                yield env.timeout(c.time_s)
-            records.append(Record(m, layer, phase, start, env.now, None))
+        start = env.now
+        yield env.timeout(c.time_s)
+        records.append(Record(m, layer, phase, start, env.now, None))
+        if req is not None:
+            comm.release(req)
 
     def micro_batch(m, layers):
         for i, lw in enumerate(layers):

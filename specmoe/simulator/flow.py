@@ -111,7 +111,7 @@ def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
     share = np.full(E + 1, np.inf)  # the last slot is the padding's dummy link
     neck_share = np.full(E + 1, np.inf)
     frozen = np.zeros(len(ids), bool)
-    while len(ids):
+    while not frozen.all():
         n = np.bincount(w.links, weights=~frozen[w.owner], minlength=E)
         share[:E] = np.inf
         np.divide(left, n, out=share[:E], where=n > 0)
@@ -127,7 +127,7 @@ def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
         frozen |= new
         left -= np.bincount(w.links, weights=np.where(new, m, 0.0)[w.owner], minlength=E)
         np.maximum(left, 0.0, out=left)
-        if 2 * frozen.sum() >= len(ids):
+        if 2 * frozen.sum() >= len(ids) and frozen.sum() >= 512:  # compaction pays off on big sets
             keep = ~frozen
             ids, w, frozen = ids[keep], w.subset(keep), np.zeros(int(keep.sum()), bool)
     return rate

@@ -114,9 +114,11 @@ def split(topo: Topology, traffic: np.ndarray) -> Split:
     return split_counts(topo, traffic.transpose(1, 0, 2), 1.0)
 
 
-def split_counts(topo: Topology, counts: np.ndarray, nbytes: float) -> Split:
+def split_counts(topo: Topology, counts: np.ndarray, nbytes: float,
+                 sent: np.ndarray | None = None, received: np.ndarray | None = None) -> Split:
     """`counts [ep, B, ep]` (source rank, batch, destination rank; the EP group is GPUs
-    0..ep-1) times `nbytes` per count -> Split, in two passes over the counts."""
+    0..ep-1) times `nbytes` per count -> Split, in two passes over the counts (none when their
+    sums `sent [ep, B]` and `received [B, ep]` are given)."""
     ep, B, _ = counts.shape
     G = topo.num_gpus
     src, dst = np.divmod(topo.intra_pairs, G)
@@ -126,8 +128,10 @@ def split_counts(topo: Topology, counts: np.ndarray, nbytes: float) -> Split:
     diag = counts[np.arange(ep), :, np.arange(ep)].T  # [B, ep]
     out_all = np.zeros((B, G))
     in_all = np.zeros((B, G))
-    out_all[:, :ep] = (counts.sum(axis=2).T - diag) * nbytes
-    in_all[:, :ep] = (counts.sum(axis=0) - diag) * nbytes
+    sent = counts.sum(axis=2) if sent is None else sent
+    received = counts.sum(axis=0) if received is None else received
+    out_all[:, :ep] = (sent.T - diag) * nbytes
+    in_all[:, :ep] = (received - diag) * nbytes
     intra_out = np.stack([np.bincount(src, x, minlength=G) for x in intra])
     intra_in = np.stack([np.bincount(dst, x, minlength=G) for x in intra])
     return Split(intra, np.maximum(out_all - intra_out, 0.0), np.maximum(in_all - intra_in, 0.0))

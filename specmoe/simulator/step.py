@@ -18,8 +18,8 @@ from specmoe.simulator import engine
 from specmoe.simulator.calibration import Calibration
 from specmoe.simulator.compute import ComputeModel
 from specmoe.simulator.dispatch import Dispatch, check_phy2log, default_phy2log, route
-from specmoe.simulator.network import (all_reduce, analytic_times, bytes_by_class, class_bytes,
-                                       split_counts)
+from specmoe.simulator.network import (Split, all_reduce, analytic_times, bytes_by_class,
+                                       class_bytes, split_counts)
 from specmoe.simulator.topology import LINK_CLASSES, Topology, build_topology
 from specmoe.specs import ClusterSpec, ModelSpec, load_gpu
 
@@ -131,17 +131,19 @@ class _Context:
             from specmoe.simulator.flow import FlowNetwork
             self.flow = FlowNetwork(self.topo, coalesce=FLOW_COALESCE)
 
-    def comms(self, traffic, steps: int = 1, kind: str = "all_to_all") -> list[engine.Comm]:
+    def comms(self, traffic, steps: int = 1, kind: str = "all_to_all",
+              split: Split | None = None) -> list[engine.Comm]:
         """One Comm per collective: `traffic` is `[B, G, G]` bytes, or `(counts [ep, B, ep],
-        bytes per count)`. Each flow-tier collective runs in its own simpy environment
-        (collectives never overlap: the engine serialises them)."""
+        bytes per count)`; `split` is its Split if already computed. Each flow-tier collective
+        runs in its own simpy environment (collectives never overlap: the engine serialises them)."""
         if self.network == "flow":
             if isinstance(traffic, tuple):
                 counts, nbytes = traffic
                 traffic = [_pad(counts[:, b, :] * nbytes, self.topo.num_gpus) for b in range(counts.shape[1])]
             return [engine.Comm(time_s=self.flow.time(t, steps)) for t in traffic]
-        sp_ = split_counts(self.topo, *traffic) if isinstance(traffic, tuple) else traffic
-        times = analytic_times(self.topo, sp_, steps, self.cal, kind)
+        if split is None:
+            split = split_counts(self.topo, *traffic) if isinstance(traffic, tuple) else traffic
+        times = analytic_times(self.topo, split, steps, self.cal, kind)
         return [engine.Comm(time_s=float(t)) for t in times]
 
     def tp_traffic(self, tokens_per_gpu: np.ndarray) -> np.ndarray:
@@ -155,8 +157,8 @@ class _Context:
         return m[None]
 
 
-def _layer_work(ctx: _Context, d: Dispatch) -> list[engine.LayerWork]:
-    """The LayerWork of every layer for one micro-batch."""
+def _layer_work(ctx: _Context, d: Dispatch, split: Split) -> list[engine.LayerWork]:
+    """The LayerWork of every layer for one micro-batch (`split`: its dispatch traffic)."""
     m, cm, ep = ctx.model, ctx.cm, ctx.ep
     n = d.tokens_per_gpu.astype(np.float64)  # [ep]
     if ctx.tp > 1:
@@ -172,7 +174,7 @@ def _layer_work(ctx: _Context, d: Dispatch) -> list[engine.LayerWork]:
                         ctx.phys_width.reshape(-1, ep, P // ep))  # [L_moe, ep]
     if m.num_shared_experts:
         experts = experts + cm.ffn_us(d.routed[:, :, None], [m.shared_expert_intermediate_size])
-    dispatch = ctx.comms((d.counts, float(ctx.token_bytes)))
+    dispatch = ctx.comms((d.counts, float(ctx.token_bytes)), split=split)
     combine = dispatch  # the transposed matrix on a topology with symmetric links: same time
     work = []
     for layer in range(m.num_layers):
@@ -225,10 +227,11 @@ def simulate_step(model: ModelSpec, cluster: ClusterSpec, *, ep: int | None = No
     work, remote, by_cls = [], 0, np.zeros(len(LINK_CLASSES))
     for tok in _micro_batches(t2g, overlap):
         d = route(ids if len(tok) == len(ids) else ids[tok], t2g[tok], phy2log, ep)
-        work.append(_layer_work(ctx, d))
-        remote += d.remote_copies
-        total = d.counts.sum(axis=1, keepdims=True)  # [src, 1, dst] summed over layers
-        by_cls += 2.0 * class_bytes(ctx.topo, split_counts(ctx.topo, total, ctx.token_bytes))[0]
+        split = split_counts(ctx.topo, d.counts, ctx.token_bytes, d.sent, d.received)
+        work.append(_layer_work(ctx, d, split))
+        per_class = class_bytes(ctx.topo, split).sum(axis=0)  # dispatch bytes of all layers
+        remote += round(per_class.sum() / ctx.token_bytes)
+        by_cls += 2.0 * per_class  # combine sends the same bytes back
     records = engine.run(work)
     layers = _layers_frame(model, records)
     if ctx.tp > 1:

@@ -46,7 +46,8 @@ def test_simulate_with_plan(capsys, tmp_path):
     phy2log = np.tile(np.r_[np.arange(64), np.arange(8)], (26, 1))  # 72 slots, 9 per rank
     plan = {"version": 1, "model": "deepseek-v2-lite", "cluster": "dgx-h100",
             "parallel": {"ep": 8, "attention": "dp"},
-            "placement": {"physical_to_logical_map": phy2log.tolist(), "num_redundant_experts": 8}}
+            "placement": {"physical_to_logical_map": phy2log.tolist(), "num_redundant_experts": 8},
+            "token_schedule": {"policy": "none", "predictor": None, "tables": None}}
     p = tmp_path / "plan.json"
     p.write_text(json.dumps(plan))
     rc, out, _ = run(capsys, "simulate", "--model", "deepseek-v2-lite", "--cluster", "dgx-h100",
@@ -55,9 +56,11 @@ def test_simulate_with_plan(capsys, tmp_path):
 
 
 def test_plan_that_does_not_fit_is_rejected(capsys, tmp_path):
-    plan = {"version": 1, "model": "mixtral-8x7b", "cluster": "dgx-h100", "parallel": {"ep": 8, "attention": "dp"},
+    plan = {"version": 1, "model": "mixtral-8x7b", "cluster": "dgx-h100",
+            "parallel": {"ep": 8, "attention": "dp"},
             "placement": {"physical_to_logical_map": np.tile(np.arange(8), (32, 1)).tolist(),
-                          "num_redundant_experts": 0}}
+                          "num_redundant_experts": 0},
+            "token_schedule": {"policy": "none", "predictor": None, "tables": None}}
     p = tmp_path / "plan.json"
     p.write_text(json.dumps(plan))
     rc, out, err = run(capsys, "simulate", "--model", "deepseek-v2-lite", "--cluster", "dgx-h100",
