@@ -109,7 +109,7 @@ def whatif_cmd(args) -> int:
         return 0
     console = Console()
     if not console.is_terminal:  # piped: don't squeeze the table into 80 columns
-        console = Console(width=132)
+        console = Console(width=150)
     console.print(_table(rows, whatif_eval.slos(cfg)))
     if best is None:
         console.print("no candidate meets the SLOs at the lowest rate searched")
