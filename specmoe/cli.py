@@ -12,44 +12,23 @@ import sys
 from specmoe.errors import InputError
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
+def _checked(cast, ok, what: str):
+    """An argparse type: `cast` the flag's text and require `ok(value)`."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
 
 
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    return v
-
-
-def _fraction(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {s!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {s!r}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-    return v
+_positive_int = _checked(int, lambda v: v > 0, "a positive integer")
+_nonneg_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+_fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+_positive_float = _checked(float, lambda v: v > 0, "a positive number")
 
 
 def _cmd(sub, name, target, help):
@@ -142,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--output", metavar="CSV", help="write per-request metrics here")
     p.add_argument("--json", action="store_true")
-    _spec_flags(p, "specmoe.simulator.specdec:serve_sim_cmd")
+    _spec_flags(p, "specmoe.simulator.commands:serve_sim_cmd")
     # ---- end simulator ----
 
     # ---- planner (placement): plan, plan show ----

@@ -142,15 +142,21 @@ def serve_sim_cmd(args) -> int:
                       network=args.network)
     cfg = ServingConfig(max_batch_size=args.max_batch, slo_ttft_ms=args.slo_ttft_ms,
                         slo_tpot_ms=args.slo_tpot_ms)
-    res = serve(trace, costs, cfg, seed=args.seed)
+    decoder, label = None, "plain decoding"
+    if getattr(args, "spec", None):
+        from specmoe.simulator.specdec import decoder_from_args
+        decoder, label, spec_note = decoder_from_args(args, model, cluster, ep)
+    res = serve(trace, costs, cfg, decoder=decoder, seed=args.seed)
+    if decoder is not None:
+        res.notes.append(spec_note)
     if args.output:
         _write_atomic(args.output, lambda tmp: res.requests.to_csv(tmp, index=False))
     if args.json:
         print(json.dumps(res.to_json(), sort_keys=True, indent=1))
         return 0
     s = res.summary
-    print(f"{model.name} on {cluster.name}, EP={ep}: {s['served']} of {s['requests']} requests "
-          f"from {args.requests}, makespan {s['makespan_s']:.1f} s")
+    print(f"{model.name} on {cluster.name}, EP={ep}, {label}: {s['served']} of {s['requests']} "
+          f"requests from {args.requests}, makespan {s['makespan_s']:.1f} s")
     print(f"throughput   {s['throughput_tokens_per_s']:.1f} output tokens/s, "
           f"{s['throughput_requests_per_s']:.3f} requests/s, mean decode batch {s['mean_decode_batch']:.1f}")
     for name in ("ttft_ms", "tpot_ms", "e2e_ms"):

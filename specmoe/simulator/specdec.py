@@ -297,45 +297,11 @@ def simulate_cmd(args) -> int:
     return 0
 
 
-def serve_sim_cmd(args) -> int:
-    """`specmoe serve-sim ... --spec TREE.json`: serving with speculative decoding iterations."""
-    import json
-    from specmoe.simulator import commands
-    if not args.spec:
-        return commands.serve_sim_cmd(args)
-    from specmoe.simulator.serving import ServingConfig, StepCosts, serve
-    from specmoe.specs import load_cluster, load_model
-    from specmoe.traces.requests import load_requests
-    model, cluster = load_model(args.model), load_cluster(args.cluster)
-    ep = args.ep or cluster.num_gpus
-    if not 1 <= ep <= cluster.num_gpus:
-        raise InputError("--ep", "", f"must be in [1, {cluster.num_gpus}] for cluster {cluster.name}")
-    trace = load_requests(args.requests)
-    if args.duration:
-        trace = trace.window(args.duration)
-        if not len(trace):
-            raise InputError("--duration", "", f"no request of {args.requests} arrives within {args.duration:g} s")
+def decoder_from_args(args, model, cluster, ep: int) -> tuple[SpecDecoder, str, str]:
+    """`serve-sim ... --spec TREE.json`: the decoder, a header label, and a note."""
     routing, note = _spec_routing(args, model)
     tree, acc = load_spec(args.spec, args.spec_acceptance)
     decoder = SpecDecoder(model, cluster, routing, tree, acc, ep=ep, network=args.network, seed=args.seed)
-    costs = StepCosts(model, cluster, ep, commands._routing_trace(args.routing), args.seed, network=args.network)
-    cfg = ServingConfig(max_batch_size=args.max_batch, slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms)
-    res = serve(trace, costs, cfg, decoder=decoder, seed=args.seed)
-    res.notes.append(f"speculative decoding: {args.spec} ({tree.method}, {tree.budget} draft tokens, "
-                     f"E[accepted] {expected_accepted(tree, acc):.3f}); {note}")
-    if args.output:
-        commands._write_atomic(args.output, lambda tmp: res.requests.to_csv(tmp, index=False))
-    if args.json:
-        print(json.dumps(res.to_json(), sort_keys=True, indent=1))
-        return 0
-    s = res.summary
-    print(f"{model.name} on {cluster.name}, EP={ep}, speculative ({tree.method}, budget {tree.budget}): "
-          f"{s['served']} of {s['requests']} requests, makespan {s['makespan_s']:.1f} s")
-    print(f"throughput   {s['throughput_tokens_per_s']:.1f} output tokens/s, mean decode batch {s['mean_decode_batch']:.1f}")
-    for name in ("ttft_ms", "tpot_ms", "e2e_ms"):
-        q = s[name]
-        print(f"{name:<8} p50 {q['p50']:10.1f}  p90 {q['p90']:10.1f}  p99 {q['p99']:10.1f}")
-    print(f"SLO attainment: {100 * s['slo_attainment']:.1f}%")
-    for n in res.notes:
-        print(f"note: {n}")
-    return 0
+    label = f"speculative ({tree.method}, budget {tree.budget})"
+    return decoder, label, (f"speculative decoding: {args.spec} ({tree.method}, {tree.budget} draft "
+                            f"tokens, E[accepted] {expected_accepted(tree, acc):.3f}); {note}")
