@@ -17,7 +17,6 @@ lookup drafter (method names ending in "+lookup" use the lookup drafter with tha
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

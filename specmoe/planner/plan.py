@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from specmoe.errors import InputError
+from specmoe.fileio import sha256_file, write_text_atomic  # noqa: F401 (re-exported)
 from specmoe.planner.placement import check_phy2log
 
 VERSION = 1
@@ -60,29 +58,8 @@ def dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, indent=1, separators=(",", ": ")) + "\n"
 
 
-def write_text_atomic(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save(plan: Plan, path) -> None:
     write_text_atomic(path, dumps(plan.to_json()))
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sha256_arrays(arrays: dict) -> str:

@@ -1,7 +1,6 @@
 """`specmoe tree`: plan a draft tree for a model, cluster and acceptance model; IO lives here."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -9,16 +8,9 @@ from specmoe.errors import InputError
 from specmoe.planner.acceptance import parse_acceptance
 from specmoe.planner.tree_cost import DraftCost, VerifyCost, distinct_experts, synthetic_routing
 from specmoe.planner.tree_search import plan_tree
+from specmoe.fileio import sha256_file
 from specmoe.planner.trees import save_json
 from specmoe.specs import load_cluster, load_model
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_routing(arg: str | None, model, seed: int):
@@ -29,7 +21,7 @@ def load_routing(arg: str | None, model, seed: int):
         from specmoe.traces.routing import load
         embedded = load(DEFAULT_TRACE)
         if fits(embedded, model):
-            return embedded, {"routing": {"path": "embedded ESFT intent sample", "sha256": _sha256(DEFAULT_TRACE)}}
+            return embedded, {"routing": {"path": "embedded ESFT intent sample", "sha256": sha256_file(DEFAULT_TRACE)}}
         return synthetic_routing(model, seed=seed), {"routing": "synthetic (specmoe.planner.tree_cost.synthetic_routing)"}
     path = Path(arg)
     if path.is_dir():
@@ -37,7 +29,7 @@ def load_routing(arg: str | None, model, seed: int):
         return import_esft(path, model=model.name, num_experts=model.num_experts, top_k=model.top_k), \
             {"routing": {"path": str(path), "format": "esft"}}
     from specmoe.traces.routing import load
-    return load(path), {"routing": {"path": str(path), "sha256": _sha256(path)}}
+    return load(path), {"routing": {"path": str(path), "sha256": sha256_file(path)}}
 
 
 def build_plan(args) -> dict:
@@ -60,7 +52,7 @@ def build_plan(args) -> dict:
     dense_best, _ = plan_tree(args.method, acc, dense_cost, draft, args.budget, args.max_depth)
     dense_priced = next(c for c in evaluated if c.tree.parents == dense_best.tree.parents)
     if Path(args.acceptance).is_file():
-        inputs["acceptance"] = {"path": args.acceptance, "sha256": _sha256(args.acceptance)}
+        inputs["acceptance"] = {"path": args.acceptance, "sha256": sha256_file(args.acceptance)}
     else:
         inputs["acceptance"] = {"inline": args.acceptance}
     sizes = sorted({1} | {c.tree.budget + 1 for c in evaluated})

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from specmoe.errors import InputError
+from specmoe.fileio import write_json_atomic
 from specmoe.planner.acceptance import Acceptance
 
 METHODS = ("sequoia", "recycling", "rsd-c", "rsd-s", "chain", "eagle2")
@@ -64,6 +63,11 @@ class Tree:
                 "budget": self.budget, "depth": self.max_depth, **extra}
 
 
+def save_json(obj: dict, path) -> None:
+    """Write a tree (or any JSON document) atomically."""
+    write_json_atomic(path, obj)
+
+
 def plan_section(tree: "Tree | None") -> dict | None:
     """The Plan JSON's `draft_tree` section: {"parents": [...], "method": ...} or None."""
     return None if tree is None else {"parents": list(tree.parents), "method": tree.method}
@@ -98,24 +102,6 @@ def load_tree(path) -> Tree:
         raise InputError(path, "parents", "required key is missing")
     check_parents(data["parents"], path, "parents")
     return Tree(tuple(data["parents"]), str(data.get("method", "custom")))
-
-
-def save_json(obj: dict, path) -> None:
-    """Write JSON atomically (temporary file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# ---------------------------------------------------------------- value and sampling
 
 
 def node_probs(tree: Tree, acc: Acceptance) -> np.ndarray:

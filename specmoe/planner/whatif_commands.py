@@ -10,7 +10,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from specmoe import specs
-from specmoe.errors import InputError
 from specmoe.planner import whatif, whatif_eval
 from specmoe.specs._fields import from_dict, read_yaml
 

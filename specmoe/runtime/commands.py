@@ -5,24 +5,11 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 from specmoe.errors import InputError
+from specmoe.fileio import write_json_atomic
 
-
-def write_json_atomic(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _command_line() -> str:

@@ -204,7 +204,7 @@ def report_cmd(args) -> int:
     import shlex
     import sys
 
-    from specmoe.runtime.commands import write_json_atomic
+    from specmoe.fileio import write_json_atomic
     from specmoe.simulator.calibration import load_calibration
     from specmoe.traces.routing import load
 

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from specmoe.errors import InputError
+from specmoe.fileio import write_atomic as _write_atomic
 
 DEFAULT_ROUTING = Path(__file__).resolve().parents[1] / "traces" / "data" / "esft_intent_sample.npz"
 
@@ -56,20 +55,6 @@ def _parse_plan(path) -> tuple[np.ndarray, int, str | None]:
     if attention not in (None, "dp", "tp"):
         raise InputError(path, "parallel.attention", "expected dp or tp")
     return phy2log, par["ep"], attention
-
-
-def _write_atomic(path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix + ".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def simulate_cmd(args) -> int:

@@ -6,15 +6,13 @@ The on-disk form is an `.npz` with `topk_ids`, `topk_weights`, `seq_id`, `positi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from specmoe.errors import InputError
+from specmoe.fileio import write_atomic
 
 PHASES = ("prefill", "decode", "mixed")
 REQUIRED_META = ("model", "num_experts", "top_k", "phase", "source")
@@ -144,13 +142,7 @@ def save(trace: RoutingTrace, path) -> None:
 
 
 def write_npz_atomic(path, arrays: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp):
+        with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, write)

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from specmoe.planner import search, shuffle
 from specmoe.planner.synthetic import planted_trace
