@@ -40,7 +40,7 @@ def run_method(setup: Setup, method: str, tree, max_new: int, temperature: float
     from specmoe.runtime.specdec.engine import Decoder
 
     if decoder is None:
-        max_len = max(len(p) for p in setup.prompts) + max_new + (tree.size if tree else 1) + 8
+        max_len = max(512, *(len(p) for p in setup.prompts)) + max_new + max(tree.size if tree else 1, 81) + 8
         draft = EarlyExitDraft(setup.model, draft_layers) if method == "rsd" else None
         decoder = Decoder(setup.model, max_len, draft=draft, seed=seed)
     res = [decoder.generate(p, method, max_new, temperature, tree, setup.eos) for p in setup.prompts]

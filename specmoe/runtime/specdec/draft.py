@@ -70,4 +70,4 @@ def distill(draft: EarlyExitDraft, buf: MistakeBuffer, steps: int = 30, batch: i
             opt.zero_grad(set_to_none=False)  # keep .grad storage: CUDA graphs read params in place
             loss.backward()
             opt.step()
-    return float(loss)
+    return float(loss.detach())

@@ -7,6 +7,7 @@ forward (verify of a tree, one draft level) is captured once in a CUDA graph and
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -37,15 +38,18 @@ class _Runner:
     def __init__(self, fn, use_graph: bool):
         self.fn, self.graph, self.out = fn, None, None
         if use_graph:
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(2):
-                    fn()
-            torch.cuda.current_stream().wait_stream(s)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.out = fn()
+            self._capture()
+
+    def _capture(self):
+        s = torch.cuda.Stream()  # warm up on a side stream, as torch.cuda.graphs documents
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                self.fn()
+        torch.cuda.current_stream().wait_stream(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self.fn()
 
     def __call__(self):
         if self.graph is None:
@@ -62,7 +66,9 @@ class Decoder:
         self.model, self.draft, self.max_len = model, draft, max_len
         self.cache = model.new_cache(max_len)
         dev = model.device
-        self.use_graphs = (dev.type == "cuda") if use_graphs is None else use_graphs
+        if use_graphs is None:  # SPECMOE_NO_GRAPHS=1 falls back to eager launches
+            use_graphs = dev.type == "cuda" and os.environ.get("SPECMOE_NO_GRAPHS") != "1"
+        self.use_graphs = use_graphs
         self.n_buf = torch.zeros((), dtype=torch.long, device=dev)
         self.adj = recycling.new_adjacency(model.cfg.vocab_size, adj_k)
         self.gen = torch.Generator(device=dev).manual_seed(seed)
