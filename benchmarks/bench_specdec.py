@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -37,6 +38,9 @@ def plan_tree(trace: dict, budget: int, max_depth: int) -> tuple[TreeTemplate, s
         return TreeTemplate(tuple(sequoia_tree(acc, budget, max_depth).parents), "planner-sequoia"), "planner"
     except ImportError:  # planner not merged yet: same positional model, best-first (optimal for it)
         return best_first(budget, _fit_rank_rates(trace), max_depth), "fallback-best-first"
+    except Exception as e:  # noqa: BLE001 -- a planner failure must not lose the other measurements
+        print("planner failed:", repr(e), flush=True)
+        return best_first(budget, _fit_rank_rates(trace), max_depth), f"fallback-best-first ({e!r})"
 
 
 def _fit_rank_rates(trace: dict, k: int = 8) -> list[float]:
@@ -54,6 +58,41 @@ def _fit_rank_rates(trace: dict, k: int = 8) -> list[float]:
     return [max(a / o, 1e-3) if o else 1e-3 for a, o in zip(acc, off)]
 
 
+def probe(device: str) -> None:
+    """Forward times (CUDA graph replay) of SmolLM2-135M's shapes with random weights, no GGUF."""
+    import numpy as np
+    from specmoe.runtime.specdec.gguf_load import LlamaConfig
+    from specmoe.runtime.specdec.model import Llama
+    cfg = LlamaConfig(49152, 576, 30, 9, 3, 1536, 1e5, 64, 1e-5, 1, 2, True)
+    rng = np.random.default_rng(0)
+    kv = 192
+    shapes = {"attn_norm": (576,), "ffn_norm": (576,), "wq": (576, 576), "wk": (kv, 576), "wv": (kv, 576),
+              "wo": (576, 576), "w1": (1536, 576), "w3": (1536, 576), "w2": (576, 1536)}
+    w = {"embed": rng.normal(0, 0.02, (49152, 576)).astype(np.float32), "norm": np.ones(576, np.float32)}
+    for i in range(30):
+        for k, sh in shapes.items():
+            w[f"{i}.{k}"] = (np.ones(sh) if len(sh) == 1 else rng.normal(0, 0.02, sh)).astype(np.float32)
+    m = Llama(cfg, w, device=device)
+    for graphs in (True, False):
+        dec = Decoder(m, 800, draft=EarlyExitDraft(m, 10), use_graphs=graphs)
+        dec.cache.n = 500
+        for tree in (constant_branching([]), constant_branching([4, 2, 1]), default_template()):
+            st = dec._step_setup(tree)
+            fns = {"verify": st["verify"], "draft_level": st["draft"][0] if st["draft"] else None}
+            for name, fn in fns.items():
+                if fn is None:
+                    continue
+                for _ in range(3):
+                    fn()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(50):
+                    fn()
+                torch.cuda.synchronize()
+                print(f"probe graphs={graphs} tree={tree.name} T={tree.size} {name}: "
+                      f"{(time.perf_counter() - t0) / 50 * 1e3:.3f} ms", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
@@ -61,22 +100,29 @@ def main():
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--num-prompts", type=int, default=24)
     ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument("--warm-prompts", type=int, default=12)
     ap.add_argument("--osd-stream", type=int, default=32)
+    ap.add_argument("--osd-new", type=int, default=64)
     ap.add_argument("--osd-heldout", type=int, default=12)
     ap.add_argument("--draft-layers", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=330.0)
+    ap.add_argument("--probe", action="store_true", help="only time forwards with random weights")
     a = ap.parse_args()
+    if a.probe:
+        return probe(a.device)
     t_start = time.time()
     out = Path(a.out)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 everywhere: greedy outputs comparable to AR
     recs = load_prompts(a.prompts)
     evals = [r for i, r in enumerate(recs) if i % 12 == 0][: a.num_prompts]
-    warm = [r for i, r in enumerate(recs) if i % 12 == 6][:12]
+    warm = [r for i, r in enumerate(recs) if i % 12 == 6][: a.warm_prompts]
     setup = load_setup(a.prompts, 1, a.device)
     enc = lambda rs: [encode_chat(setup.tok, r["text"])[-512:] for r in rs]  # noqa: E731
     setup.prompts = enc(evals)
-    rows, details, traces = [], {"device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
-                                 "num_prompts": len(evals), "max_new": a.max_new}, {}
+    dev_name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
+    tag = "h200" if "H200" in dev_name else a.device
+    rows, details, traces = [], {"device": dev_name, "num_prompts": len(evals), "max_new": a.max_new,
+                                 "warm_prompts": len(warm), "command": " ".join(sys.argv)}, {}
     log = lambda *x: print(f"[{time.time() - t_start:6.1f}s]", *x, flush=True)  # noqa: E731
 
     def record(method, tree_name, temp, res, base):
@@ -87,7 +133,7 @@ def main():
         rows.append(row)
         traces[f"acceptance_{method}_{tree_name}_T{temp:g}.json"] = acceptance_trace(
             MODEL_NAME, method if method != "rsd+osd" else "rsd", temp, [st for r in res for st in r.steps])
-        write_json(rows, out / "specdec_h200.json")
+        write_json(rows, out / f"specdec_{tag}.json")
         log(row)
         return s
 
@@ -100,7 +146,7 @@ def main():
     planned, how = plan_tree(wtrace, static.size - 1, 8)
     details["planned_tree"] = how
     write_json({"version": 1, "method": planned.name, "parents": list(planned.parents),
-                "source": how}, out / "tree_planned.json")
+                "source": how}, out / f"tree_planned_{tag}.json")
     log("warm-up done; planned tree", how, "depth", int(planned.depth.max()))
     run_method(wsetup, "ar", None, 16, 0.0)  # capture AR graph
 
@@ -122,7 +168,8 @@ def main():
 
     if time.time() - t_start < a.budget_s * 0.7:
         details["osd"] = osd_experiment(setup, recs, a, log, t_start)
-    write_json(details, out / "specdec_h200_details.json")
+        write_json(details["osd"], out / f"osd_{tag}.json")
+    write_json(details, out / f"specdec_{tag}_details.json")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
         for name, t in sorted(traces.items()):
@@ -130,7 +177,7 @@ def main():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    (out / "traces.tar.gz").write_bytes(buf.getvalue())
+    (out / f"traces_{tag}.tar.gz").write_bytes(buf.getvalue())
     print_table(rows)
 
 
@@ -143,18 +190,18 @@ def osd_experiment(setup, recs, a, log, t_start) -> dict:
     tree = constant_branching([4, 2, 1])
     m = setup.model
     draft = EarlyExitDraft(m, a.draft_layers, rank=128)
-    max_len = max(len(p) for p in stream + held) + 64 + tree.size + 8  # 64 new tokens per prompt
+    max_len = max(len(p) for p in stream + held) + a.osd_new + tree.size + 8
     dec = Decoder(m, max_len, draft=draft)
 
     def heldout():
-        res = [dec.generate(p, "rsd", 64, 0.0, tree, setup.eos) for p in held]
+        res = [dec.generate(p, "rsd", a.osd_new, 0.0, tree, setup.eos) for p in held]
         return summarize(res)["mean_accepted"]
 
     before = heldout()
     dec.buffer = MistakeBuffer(4096, m.cfg.dim, m.cfg.vocab_size, m.device)
     curve = []
     for i, p in enumerate(stream, 1):
-        r = dec.generate(p, "rsd", 64, 0.0, tree, setup.eos)
+        r = dec.generate(p, "rsd", a.osd_new, 0.0, tree, setup.eos)
         curve.append(round(r.mean_accepted, 3))
         if i % 4 == 0:
             loss = distill(draft, dec.buffer, steps=40, batch=128, lr=2e-3, seed=i)
