@@ -179,6 +179,9 @@ class Decoder:
         tokens = recycling.build_draft(self.adj, root, tree)
         st["tok"].copy_(torch.from_numpy(tokens), non_blocking=True)
         logits, _ = st["verify"]()
+        if tree.size == 1:  # autoregressive: no adjacency upkeep on the baseline's clock
+            self.cache.compact([0])
+            return [], [int(self._choose(logits, temperature)[0])]
         k = self.adj.shape[1]
         both = torch.cat([self._choose(logits, temperature)[:, None], logits.topk(k, -1).indices], 1)
         both = both.cpu().numpy()                                   # the step's one sync, [T, 1 + k]
