@@ -69,6 +69,9 @@ def generate_cmd(args) -> int:
     if args.method == "recycling" and tree.max_branch > 8:
         raise InputError(args.tree, "parents", f"a node has {tree.max_branch} children; at most 8")
     setup = load_setup(args.prompts, args.num_prompts, args.device)
+    if args.method == "rsd" and not 0 < args.draft_layers < setup.model.cfg.n_layers:
+        raise InputError("--draft-layers", "draft_layers",
+                         f"must be in 1..{setup.model.cfg.n_layers - 1}, got {args.draft_layers}")
     rows, traces = [], {}
     methods = ["ar"] + ([args.method] if args.method != "ar" else [])
     base = None
