@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import torch
 
@@ -36,3 +38,15 @@ def real_model():
         cfg, w = read_gguf(path)
         _REAL.update(m=Llama(cfg, w), tok=load_tokenizer(path), path=path)
     return _REAL["m"], _REAL["tok"], _REAL["path"]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models are latency-bound: a second intra-op thread only adds spin-waits (~100x
+    slower on a busy 2-core CI box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

@@ -2,11 +2,18 @@
 the compacted KV cache equals the one autoregressive decoding builds; RSD at T=1 runs."""
 import pytest
 import torch
-from specdec_helpers import DEVICES, tiny_llama
+from specdec_helpers import DEVICES, one_thread, tiny_llama
 
 from specmoe.runtime.specdec.draft import EarlyExitDraft, MistakeBuffer, distill
 from specmoe.runtime.specdec.engine import Decoder
 from specmoe.runtime.specdec.tree import chain, constant_branching, default_template
+
+
+@pytest.fixture
+def single_thread():
+    with one_thread():
+        yield
+
 
 
 
@@ -24,7 +31,7 @@ def _decoders(m, graphs):
 
 
 @pytest.mark.parametrize("graphs", [False, True])
-def test_greedy_speculative_equals_autoregressive(device, graphs):
+def test_greedy_speculative_equals_autoregressive(device, graphs, single_thread):
     if graphs and device != "cuda":
         pytest.skip("CUDA graphs need a GPU")
     m = tiny_llama(device)
@@ -44,7 +51,7 @@ def test_greedy_speculative_equals_autoregressive(device, graphs):
         assert len(ar.tokens) == 40 and len(ar.steps) == 40
 
 
-def test_recycling_accepts_more_than_one_token_once_warm(device):
+def test_recycling_accepts_more_than_one_token_once_warm(device, single_thread):
     m = tiny_llama(device)
     dec = Decoder(m, 200)
     for _ in range(2):  # the second pass reuses the adjacency learnt in the first
@@ -57,7 +64,7 @@ def test_recycling_accepts_more_than_one_token_once_warm(device):
             cur = a
 
 
-def test_rsd_sampling_runs_and_osd_distill_lowers_kl(device):
+def test_rsd_sampling_runs_and_osd_distill_lowers_kl(device, single_thread):
     torch.manual_seed(0)
     m = tiny_llama(device)
     draft = EarlyExitDraft(m, 1, rank=8)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from specdec_helpers import real_model
+from specdec_helpers import one_thread, real_model
 
 from specmoe.errors import InputError
 from specmoe.runtime.specdec.engine import Decoder
@@ -11,6 +11,12 @@ from specmoe.runtime.specdec.prompts import encode_chat
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
 NEW = 12
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +46,11 @@ def test_greedy_matches_transformers(hf_model):
 def test_logits_close_to_transformers(hf_model):
     m, tok, _ = real_model()
     ids = encode_chat(tok, PROMPTS[0])
-    dec = Decoder(m, 80)
-    dec.prefill(ids + [0])  # put all of ids in the cache ...
     with torch.no_grad():
         ref = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0, -1], -1)
     dec2 = Decoder(m, 80)
     from specmoe.runtime.specdec.tree import chain
-    dec2.prefill(ids)  # ... and compare the last position's distribution via a one-token step
+    dec2.prefill(ids)  # the last prompt token goes through a one-token step
     st = dec2._step_setup(chain(0))
     st["tok"][0] = ids[-1]
     ours = torch.log_softmax(st["verify"]()[0][0], -1)

@@ -5,9 +5,16 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
-from specdec_helpers import DEVICES, real_model, tiny_llama
+from specdec_helpers import DEVICES, one_thread, real_model, tiny_llama
 
 from specmoe.runtime.specdec import rsd
+
+
+@pytest.fixture
+def single_thread():
+    with one_thread():
+        yield
+
 
 
 def _ordered_draws(q, b):
@@ -57,7 +64,7 @@ def _target_prob(P, root, seq):
 
 @pytest.mark.parametrize("branching", [[2, 2], [3, 1], [1, 1, 1], [4]])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_rrs_output_distribution_is_exactly_the_target(branching, seed):
+def test_rrs_output_distribution_is_exactly_the_target(branching, seed, single_thread):
     rng = np.random.default_rng(seed)
     V = 5
     P = rng.dirichlet(np.full(V, 0.5), V)
@@ -115,7 +122,7 @@ def _chi2_pvalue(samples, p, n):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_engine_rsd_first_token_follows_target_tiny(device):
+def test_engine_rsd_first_token_follows_target_tiny(device, single_thread):
     """End to end through Decoder.generate: the first emitted token ~ target softmax."""
     from specmoe.runtime.specdec.draft import EarlyExitDraft
     from specmoe.runtime.specdec.engine import Decoder
@@ -124,7 +131,7 @@ def test_engine_rsd_first_token_follows_target_tiny(device):
     dec = Decoder(m, 64, draft=EarlyExitDraft(m, 1), use_graphs=False, seed=7)
     prompt = [3, 9, 4]
     tree = constant_branching([3, 2])
-    n = 300
+    n = 1500
     firsts = [dec.generate(prompt, "rsd", 1, temperature=1.0, tree=tree).tokens[0] for _ in range(n)]
     base = Decoder(m, 64, use_graphs=False)
     base.prefill(prompt)
@@ -136,7 +143,7 @@ def test_engine_rsd_first_token_follows_target_tiny(device):
     assert _chi2_pvalue(np.array(firsts), p.cpu().double().numpy(), n) > 1e-3
 
 
-def test_rrs_first_token_follows_target_real_model():
+def test_rrs_first_token_follows_target_real_model(single_thread):
     """SmolLM2-135M target, its 10-layer early exit as draft: first token of an RSD step ~ p."""
     from specmoe.runtime.specdec.draft import EarlyExitDraft
     from specmoe.runtime.specdec.model import step_inputs, tree_tables
@@ -160,3 +167,36 @@ def test_rrs_first_token_follows_target_real_model():
         o = rsd.sample_outcomes(probs, g)
         firsts += torch.where(o < b, kids.gather(1, o.clamp(max=b - 1)[:, None])[:, 0], o - b).tolist()
     assert _chi2_pvalue(np.array(firsts), p[0].double().numpy(), n) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["recycling", "rsd"])
+def test_engine_second_token_follows_target_tiny(method, single_thread):
+    """The 2nd emitted token (often from an accepted draft, so from the tree walk) ~ its exact
+    marginal sum_x1 p(x1) p(x2 | x1), computed with one plain forward per x1."""
+    from specmoe.runtime.specdec.draft import EarlyExitDraft
+    from specmoe.runtime.specdec.engine import Decoder
+    from specmoe.runtime.specdec.tree import constant_branching
+    m = tiny_llama("cpu", vocab=16, seed=5)
+    prompt = [3, 9, 4]
+    dec = Decoder(m, 64, draft=EarlyExitDraft(m, 2), use_graphs=False, seed=11)
+    tree = constant_branching([4, 3])
+    dec.generate(prompt, "recycling", 30, temperature=1.0, tree=tree)  # warm the adjacency
+    n, seconds, accepted = 1000, [], 0
+    for _ in range(n):
+        r = dec.generate(prompt, method, 2, temperature=1.0, tree=tree)
+        seconds.append(r.tokens[1])
+        accepted += len(r.steps[0]["accepted"]) > 0
+    assert accepted > n // 10  # the drafts really were used
+
+    from specmoe.runtime.specdec.model import step_inputs, tree_tables
+
+    def probs(seq):
+        d = Decoder(m, 64, use_graphs=False)
+        d.prefill(seq)
+        dd, a = tree_tables([-1], "cpu")
+        pos, slots, mask = step_inputs(torch.tensor(d.cache.n), torch.tensor([0]), dd, a, 64)
+        with torch.no_grad():
+            return torch.softmax(m(torch.tensor([seq[-1]]), pos, slots, mask, d.cache)[0].double(), -1)
+    p1 = probs(prompt)
+    p2 = sum(p1[x] * probs(prompt + [x]) for x in range(16))
+    assert _chi2_pvalue(np.array(seconds), p2.numpy(), n) > 1e-3
