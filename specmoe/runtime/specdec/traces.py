@@ -28,6 +28,7 @@ def write_json(obj, path, compact: bool = False) -> None:
             else:
                 json.dump(obj, f, sort_keys=True, indent=1)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
