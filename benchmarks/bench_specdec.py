@@ -107,7 +107,11 @@ def main():
     ap.add_argument("--draft-layers", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=330.0)
     ap.add_argument("--probe", action="store_true", help="only time forwards with random weights")
+    ap.add_argument("--only-osd", action="store_true", help="only the online-distillation experiment")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.probe:
         return probe(a.device)
     t_start = time.time()
@@ -137,6 +141,10 @@ def main():
         log(row)
         return s
 
+    if a.only_osd:
+        details["osd"] = osd_experiment(setup, recs, a, log, t_start)
+        write_json(details["osd"], out / f"osd_{tag}.json")
+        return
     static = default_template()
     # warm-up (graph capture, adjacency) on prompts disjoint from the evaluation set
     wsetup = type(setup)(setup.model, setup.tok, enc(warm), setup.eos)
@@ -211,7 +219,7 @@ def osd_experiment(setup, recs, a, log, t_start) -> dict:
     dec.buffer = None
     after = heldout()
     log(f"osd: held-out mean accepted {before:.3f} -> {after:.3f}")
-    return {"draft_layers": a.draft_layers, "tree": tree.name, "stream_prompts": len(curve),
+    return {"command": " ".join(sys.argv), "draft_layers": a.draft_layers, "tree": tree.name, "stream_prompts": len(curve),
             "heldout_prompts": len(held), "category": "math_reasoning",
             "heldout_mean_accepted_before": round(before, 4), "heldout_mean_accepted_after": round(after, 4),
             "stream_mean_accepted": curve}
