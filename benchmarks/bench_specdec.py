@@ -20,13 +20,22 @@ from pathlib import Path
 
 import torch
 
-from specmoe.runtime.specdec.commands import MODEL_NAME, load_setup, run_method, summarize
+from specmoe.runtime.specdec.commands import (
+    MODEL_NAME,
+    load_setup,
+    run_method,
+    summarize,
+)
 from specmoe.runtime.specdec.draft import EarlyExitDraft, MistakeBuffer, distill
 from specmoe.runtime.specdec.engine import Decoder
 from specmoe.runtime.specdec.prompts import encode_chat, load_prompts
 from specmoe.runtime.specdec.traces import acceptance_trace, write_json
-from specmoe.runtime.specdec.tree import TreeTemplate, best_first, constant_branching, default_template
-
+from specmoe.runtime.specdec.tree import (
+    TreeTemplate,
+    best_first,
+    constant_branching,
+    default_template,
+)
 
 
 def plan_tree(trace: dict, budget: int, max_depth: int) -> tuple[TreeTemplate, str]:
@@ -61,6 +70,7 @@ def _fit_rank_rates(trace: dict, k: int = 8) -> list[float]:
 def probe(device: str) -> None:
     """Forward times (CUDA graph replay) of SmolLM2-135M's shapes with random weights, no GGUF."""
     import numpy as np
+
     from specmoe.runtime.specdec.gguf_load import LlamaConfig
     from specmoe.runtime.specdec.model import Llama
     cfg = LlamaConfig(49152, 576, 30, 9, 3, 1536, 1e5, 64, 1e-5, 1, 2, True)
@@ -121,13 +131,13 @@ def main():
     evals = [r for i, r in enumerate(recs) if i % 12 == 0][: a.num_prompts]
     warm = [r for i, r in enumerate(recs) if i % 12 == 6][: a.warm_prompts]
     setup = load_setup(a.prompts, 1, a.device)
-    enc = lambda rs: [encode_chat(setup.tok, r["text"])[-512:] for r in rs]  # noqa: E731
+    enc = lambda rs: [encode_chat(setup.tok, r["text"])[-512:] for r in rs]
     setup.prompts = enc(evals)
     dev_name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
     tag = "h200" if "H200" in dev_name else a.device
     rows, details, traces = [], {"device": dev_name, "num_prompts": len(evals), "max_new": a.max_new,
                                  "warm_prompts": len(warm), "command": " ".join(sys.argv)}, {}
-    log = lambda *x: print(f"[{time.time() - t_start:6.1f}s]", *x, flush=True)  # noqa: E731
+    log = lambda *x: print(f"[{time.time() - t_start:6.1f}s]", *x, flush=True)
 
     def record(method, tree_name, temp, res, base):
         s = summarize(res)
@@ -170,7 +180,7 @@ def main():
                 log("greedy identical to AR:", same, "/", len(res))
         if time.time() - t_start < a.budget_s * 0.6:
             rsd_tree = constant_branching([4, 2, 1])
-            res, rsd_dec = run_method(setup, "rsd", rsd_tree, a.max_new, temp, draft_layers=a.draft_layers)
+            res, _ = run_method(setup, "rsd", rsd_tree, a.max_new, temp, draft_layers=a.draft_layers)
             record("rsd", rsd_tree.name, temp, res, base)
         details[f"ar_tokens_per_s_T{temp:g}"] = base
 

@@ -17,10 +17,15 @@ class Setup:
 
 def load_setup(prompts_path, num_prompts, device, categories=None, max_prompt_tokens=512) -> Setup:
     import torch
+
     from specmoe.errors import InputError
     from specmoe.runtime.specdec.gguf_load import read_gguf, smollm2_gguf_path
     from specmoe.runtime.specdec.model import Llama
-    from specmoe.runtime.specdec.prompts import encode_chat, load_prompts, load_tokenizer
+    from specmoe.runtime.specdec.prompts import (
+        encode_chat,
+        load_prompts,
+        load_tokenizer,
+    )
 
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", "device", "cuda requested but no GPU is visible")

@@ -70,7 +70,7 @@ def read_gguf(path: str | Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
         raise InputError(path, "", "GGUF file not found")
     try:
         reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # the gguf package raises bare ValueError/struct errors on junk
+    except Exception as e:  # noqa: BLE001 -- gguf raises bare ValueError/struct/numpy errors on junk
         raise InputError(path, "header", f"not a readable GGUF file ({e})") from None
     arch = _field(reader, "general.architecture", path)
     if arch != "llama":

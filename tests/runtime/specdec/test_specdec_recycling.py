@@ -8,8 +8,14 @@ from specmoe.cli import main
 from specmoe.errors import InputError
 from specmoe.runtime.specdec import recycling
 from specmoe.runtime.specdec.traces import acceptance_trace, write_json
-from specmoe.runtime.specdec.tree import (TreeTemplate, best_first, chain, constant_branching,
-                                         default_template, load_tree)
+from specmoe.runtime.specdec.tree import (
+    TreeTemplate,
+    best_first,
+    chain,
+    constant_branching,
+    default_template,
+    load_tree,
+)
 
 
 def test_build_draft_is_a_bfs_fill_of_the_template():
