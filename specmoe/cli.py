@@ -203,7 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- end runtime ----
 
     # ---- runtime (speculative decoding): generate ----
-    # (subcommands of this area go here)
+    p = _cmd(sub, "generate", "specmoe.runtime.specdec.commands:generate_cmd",
+             "decode Spec-Bench prompts on SmolLM2-135M with ar, Token Recycling or RSD; "
+             "print tokens/s, mean accepted tokens per step and speedup over ar")
+    p.add_argument("--method", required=True, choices=["ar", "recycling", "rsd"])
+    p.add_argument("--tree", help="TREE.json draft tree (default: shipped 80-node template; "
+                   "rsd: constant branching 4x2x1)")
+    p.add_argument("--prompts", required=True, help="Spec-Bench question.jsonl")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--num-prompts", type=_positive_int, default=10)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--draft-layers", type=_positive_int, default=10,
+                   help="rsd: layers of the early-exit self-draft")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--trace-dir", default="specdec_traces", help="acceptance traces go here")
+    p.add_argument("--results", help="write [{method, tree, temperature, tokens_per_s, "
+                   "mean_accepted, speedup_vs_ar}] here")
     # ---- end runtime (speculative decoding) ----
 
     # ---- what-if: whatif ----

@@ -1,0 +1,246 @@
+"""Speculative decoding on SmolLM2-135M: AR vs Token Recycling (static and planned tree) vs RSD,
+greedy and T=1, plus online draft distillation (OSD). Prints a table, writes JSON.
+
+    PYTHONPATH=. python benchmarks/bench_specdec.py --device cuda --out benchmarks/results
+
+Writes OUT/specdec_h200.json ([{method, tree, temperature, tokens_per_s, mean_accepted,
+speedup_vs_ar}, ...]), OUT/specdec_h200_details.json (everything else measured: greedy match
+against AR, OSD before/after, timings), OUT/tree_planned.json (the planner's tree) and
+OUT/traces.tar.gz (one acceptance trace per run, COMMON.md format).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import torch
+
+from specmoe.runtime.specdec.commands import (
+    MODEL_NAME,
+    load_setup,
+    run_method,
+    summarize,
+)
+from specmoe.runtime.specdec.draft import EarlyExitDraft, MistakeBuffer, distill
+from specmoe.runtime.specdec.engine import Decoder
+from specmoe.runtime.specdec.prompts import encode_chat, load_prompts
+from specmoe.runtime.specdec.traces import acceptance_trace, write_json
+from specmoe.runtime.specdec.tree import (
+    TreeTemplate,
+    best_first,
+    constant_branching,
+    default_template,
+)
+
+
+def plan_tree(trace: dict, budget: int, max_depth: int) -> tuple[TreeTemplate, str]:
+    """The planner's Sequoia tree fitted to a recycling trace (branch `trees`); else a fallback."""
+    try:
+        from specmoe.planner.acceptance import fit_depth_positional, trace_from_dict
+        from specmoe.planner.sequoia import sequoia_tree
+        acc = fit_depth_positional(trace_from_dict(trace, "warmup"), max_depth, 8)
+        return TreeTemplate(tuple(sequoia_tree(acc, budget, max_depth).parents), "planner-sequoia"), "planner"
+    except ImportError:  # planner not merged yet: same positional model, best-first (optimal for it)
+        return best_first(budget, _fit_rank_rates(trace), max_depth), "fallback-best-first"
+    except Exception as e:  # noqa: BLE001 -- a planner failure must not lose the other measurements
+        print("planner failed:", repr(e), flush=True)
+        return best_first(budget, _fit_rank_rates(trace), max_depth), f"fallback-best-first ({e!r})"
+
+
+def _fit_rank_rates(trace: dict, k: int = 8) -> list[float]:
+    off, acc = [0] * k, [0] * k
+    for s in trace["steps"]:
+        kids: dict[int, list[int]] = {}
+        for i, p in enumerate(s["parents"][1:], 1):
+            kids.setdefault(p, []).append(i)
+        cur = 0
+        for a in s["accepted"] + [None]:
+            for r, c in enumerate(kids.get(cur, [])[:k]):
+                off[r] += 1
+                acc[r] += int(c == a)
+            cur = a
+    return [max(a / o, 1e-3) if o else 1e-3 for a, o in zip(acc, off)]
+
+
+def probe(device: str) -> None:
+    """Forward times (CUDA graph replay) of SmolLM2-135M's shapes with random weights, no GGUF."""
+    import numpy as np
+
+    from specmoe.runtime.specdec.gguf_load import LlamaConfig
+    from specmoe.runtime.specdec.model import Llama
+    cfg = LlamaConfig(49152, 576, 30, 9, 3, 1536, 1e5, 64, 1e-5, 1, 2, True)
+    rng = np.random.default_rng(0)
+    kv = 192
+    shapes = {"attn_norm": (576,), "ffn_norm": (576,), "wq": (576, 576), "wk": (kv, 576), "wv": (kv, 576),
+              "wo": (576, 576), "w1": (1536, 576), "w3": (1536, 576), "w2": (576, 1536)}
+    w = {"embed": rng.normal(0, 0.02, (49152, 576)).astype(np.float32), "norm": np.ones(576, np.float32)}
+    for i in range(30):
+        for k, sh in shapes.items():
+            w[f"{i}.{k}"] = (np.ones(sh) if len(sh) == 1 else rng.normal(0, 0.02, sh)).astype(np.float32)
+    m = Llama(cfg, w, device=device)
+    for graphs in (True, False):
+        dec = Decoder(m, 800, draft=EarlyExitDraft(m, 10), use_graphs=graphs)
+        dec.cache.n = 500
+        for tree in (constant_branching([]), constant_branching([4, 2, 1]), default_template()):
+            st = dec._step_setup(tree)
+            fns = {"verify": st["verify"], "draft_level": st["draft"][0] if st["draft"] else None}
+            for name, fn in fns.items():
+                if fn is None:
+                    continue
+                for _ in range(3):
+                    fn()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(50):
+                    fn()
+                torch.cuda.synchronize()
+                print(f"probe graphs={graphs} tree={tree.name} T={tree.size} {name}: "
+                      f"{(time.perf_counter() - t0) / 50 * 1e3:.3f} ms", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--prompts", default="../shared/data/prompts/spec-bench/question.jsonl")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--num-prompts", type=int, default=24)
+    ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument("--warm-prompts", type=int, default=12)
+    ap.add_argument("--osd-stream", type=int, default=32)
+    ap.add_argument("--osd-new", type=int, default=64)
+    ap.add_argument("--osd-heldout", type=int, default=12)
+    ap.add_argument("--draft-layers", type=int, default=10)
+    ap.add_argument("--budget-s", type=float, default=330.0)
+    ap.add_argument("--probe", action="store_true", help="only time forwards with random weights")
+    ap.add_argument("--only-osd", action="store_true", help="only the online-distillation experiment")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.probe:
+        return probe(a.device)
+    t_start = time.time()
+    out = Path(a.out)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 everywhere: greedy outputs comparable to AR
+    recs = load_prompts(a.prompts)
+    evals = [r for i, r in enumerate(recs) if i % 12 == 0][: a.num_prompts]
+    warm = [r for i, r in enumerate(recs) if i % 12 == 6][: a.warm_prompts]
+    setup = load_setup(a.prompts, 1, a.device)
+    enc = lambda rs: [encode_chat(setup.tok, r["text"])[-512:] for r in rs]
+    setup.prompts = enc(evals)
+    dev_name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
+    tag = "h200" if "H200" in dev_name else a.device
+    rows, details, traces = [], {"device": dev_name, "num_prompts": len(evals), "max_new": a.max_new,
+                                 "warm_prompts": len(warm), "command": " ".join(sys.argv)}, {}
+    log = lambda *x: print(f"[{time.time() - t_start:6.1f}s]", *x, flush=True)
+
+    def record(method, tree_name, temp, res, base):
+        s = summarize(res)
+        row = {"method": method, "tree": tree_name, "temperature": temp,
+               "tokens_per_s": round(s["tokens_per_s"], 2), "mean_accepted": round(s["mean_accepted"], 3),
+               "speedup_vs_ar": round(s["tokens_per_s"] / base, 3) if base else 1.0}
+        rows.append(row)
+        traces[f"acceptance_{method}_{tree_name}_T{temp:g}.json"] = acceptance_trace(
+            MODEL_NAME, method if method != "rsd+osd" else "rsd", temp, [st for r in res for st in r.steps])
+        write_json(rows, out / f"specdec_{tag}.json")
+        log(row)
+        return s
+
+    if a.only_osd:
+        details["osd"] = osd_experiment(setup, recs, a, log, t_start)
+        write_json(details["osd"], out / f"osd_{tag}.json")
+        return
+    static = default_template()
+    # warm-up (graph capture, adjacency) on prompts disjoint from the evaluation set
+    wsetup = type(setup)(setup.model, setup.tok, enc(warm), setup.eos)
+    wres, rec_dec = run_method(wsetup, "recycling", static, a.max_new, 0.0)
+    wtrace = acceptance_trace(MODEL_NAME, "recycling", 0.0, [st for r in wres for st in r.steps])
+    traces["acceptance_recycling_warmup_T0.json"] = wtrace
+    planned, how = plan_tree(wtrace, static.size - 1, 8)
+    details["planned_tree"] = how
+    write_json({"version": 1, "method": planned.name, "parents": list(planned.parents),
+                "source": how}, out / f"tree_planned_{tag}.json")
+    log("warm-up done; planned tree", how, "depth", int(planned.depth.max()))
+    run_method(wsetup, "ar", None, 16, 0.0)  # capture AR graph
+
+    for temp in (0.0, 1.0):
+        ar_res, _ = run_method(setup, "ar", None, a.max_new, temp)
+        base = record("ar", "ar", temp, ar_res, None)["tokens_per_s"]
+        for tree in (static, planned):
+            res, _ = run_method(setup, "recycling", tree, a.max_new, temp, decoder=rec_dec)
+            record("recycling", tree.name, temp, res, base)
+            if temp == 0:
+                same = sum(r.tokens == q.tokens for r, q in zip(res, ar_res))
+                details[f"greedy_identical_to_ar_{tree.name}"] = f"{same}/{len(res)}"
+                log("greedy identical to AR:", same, "/", len(res))
+        if time.time() - t_start < a.budget_s * 0.6:
+            rsd_tree = constant_branching([4, 2, 1])
+            res, _ = run_method(setup, "rsd", rsd_tree, a.max_new, temp, draft_layers=a.draft_layers)
+            record("rsd", rsd_tree.name, temp, res, base)
+        details[f"ar_tokens_per_s_T{temp:g}"] = base
+
+    if time.time() - t_start < a.budget_s * 0.7:
+        details["osd"] = osd_experiment(setup, recs, a, log, t_start)
+        write_json(details["osd"], out / f"osd_{tag}.json")
+    write_json(details, out / f"specdec_{tag}_details.json")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, t in sorted(traces.items()):
+            data = json.dumps(t, sort_keys=True, separators=(",", ":")).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    (out / f"traces_{tag}.tar.gz").write_bytes(buf.getvalue())
+    print_table(rows)
+
+
+def osd_experiment(setup, recs, a, log, t_start) -> dict:
+    """Serve a stream of math_reasoning prompts with RSD (greedy), buffer the draft's mistakes,
+    distill every 4 prompts; mean accepted length on held-out math_reasoning prompts before/after."""
+    mr = [r for r in recs if r["category"] == "math_reasoning"]
+    stream = [encode_chat(setup.tok, r["text"])[-512:] for r in mr[: a.osd_stream]]
+    held = [encode_chat(setup.tok, r["text"])[-512:] for r in mr[-a.osd_heldout:]]
+    tree = constant_branching([4, 2, 1])
+    m = setup.model
+    draft = EarlyExitDraft(m, a.draft_layers, rank=128)
+    max_len = max(len(p) for p in stream + held) + a.osd_new + tree.size + 8
+    dec = Decoder(m, max_len, draft=draft)
+
+    def heldout():
+        res = [dec.generate(p, "rsd", a.osd_new, 0.0, tree, setup.eos) for p in held]
+        return summarize(res)["mean_accepted"]
+
+    before = heldout()
+    dec.buffer = MistakeBuffer(4096, m.cfg.dim, m.cfg.vocab_size, m.device)
+    curve = []
+    for i, p in enumerate(stream, 1):
+        r = dec.generate(p, "rsd", a.osd_new, 0.0, tree, setup.eos)
+        curve.append(round(r.mean_accepted, 3))
+        if i % 4 == 0:
+            loss = distill(draft, dec.buffer, steps=40, batch=128, lr=2e-3, seed=i)
+            log(f"osd: {i} prompts served, buffer {dec.buffer.count}, loss {loss:.3f}")
+        if time.time() - t_start > a.budget_s:
+            break
+    dec.buffer = None
+    after = heldout()
+    log(f"osd: held-out mean accepted {before:.3f} -> {after:.3f}")
+    return {"command": " ".join(sys.argv), "draft_layers": a.draft_layers, "tree": tree.name, "stream_prompts": len(curve),
+            "heldout_prompts": len(held), "category": "math_reasoning",
+            "heldout_mean_accepted_before": round(before, 4), "heldout_mean_accepted_after": round(after, 4),
+            "stream_mean_accepted": curve}
+
+
+def print_table(rows):
+    print(f"{'method':10s} {'tree':22s} {'T':>4s} {'tok/s':>9s} {'accepted':>9s} {'speedup':>8s}")
+    for r in rows:
+        print(f"{r['method']:10s} {r['tree']:22s} {r['temperature']:4g} {r['tokens_per_s']:9.1f} "
+              f"{r['mean_accepted']:9.3f} {r['speedup_vs_ar']:8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Decode loops: autoregressive, Token Recycling and RSD, over one static tree KV cache.
+
+Every step feeds the root (the last emitted token, not yet in the cache) plus the draft tree
+in one forward, then keeps the accepted path's KV (`KVCache.compact`). On CUDA each fixed-shape
+forward (verify of a tree, one draft level) is captured once in a CUDA graph and replayed: at
+135M parameters a step is ~1000 small kernels, so launch overhead, not FLOPs, sets the time.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from specmoe.runtime.specdec import recycling, rsd
+from specmoe.runtime.specdec.draft import EarlyExitDraft, MistakeBuffer
+from specmoe.runtime.specdec.model import Llama, step_inputs, tree_tables
+from specmoe.runtime.specdec.tree import TreeTemplate, chain
+
+
+@dataclass
+class GenResult:
+    tokens: list[int]                          # generated tokens (stops after eos / max_new)
+    steps: list[dict] = field(default_factory=list)  # acceptance-trace steps {parents, accepted}
+    wall_s: float = 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        """Tokens emitted per verify step (accepted drafts + the bonus token)."""
+        return len(self.tokens) / max(len(self.steps), 1)
+
+
+class _Runner:
+    """fn() over static buffers; on CUDA captured once into a graph, then replayed."""
+
+    def __init__(self, fn, use_graph: bool):
+        self.fn, self.graph, self.out = fn, None, None
+        if use_graph:
+            self._capture()
+
+    def _capture(self):
+        s = torch.cuda.Stream()  # warm up on a side stream, as torch.cuda.graphs documents
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                self.fn()
+        torch.cuda.current_stream().wait_stream(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self.fn()
+
+    def __call__(self):
+        if self.graph is None:
+            return self.fn()
+        self.graph.replay()
+        return self.out
+
+
+class Decoder:
+    """One sequence's decoding state: model, static cache, per-tree graphs, Token Recycling's adjacency."""
+
+    def __init__(self, model: Llama, max_len: int, draft: EarlyExitDraft | None = None,
+                 use_graphs: bool | None = None, adj_k: int = 8, seed: int = 0):
+        self.model, self.draft, self.max_len = model, draft, max_len
+        self.cache = model.new_cache(max_len)
+        dev = model.device
+        if use_graphs is None:  # SPECMOE_NO_GRAPHS=1 falls back to eager launches
+            use_graphs = dev.type == "cuda" and os.environ.get("SPECMOE_NO_GRAPHS") != "1"
+        self.use_graphs = use_graphs
+        self.n_buf = torch.zeros((), dtype=torch.long, device=dev)
+        self.adj = recycling.new_adjacency(model.cfg.vocab_size, adj_k)
+        self.gen = torch.Generator(device=dev).manual_seed(seed)
+        self._trees: dict = {}
+        self.buffer: MistakeBuffer | None = None
+
+    # ------------------------------------------------------------------ tree plumbing
+    def _tree(self, tree: TreeTemplate) -> dict:
+        """Static buffers and runners for one tree shape (built on first use)."""
+        key = tree.parents
+        if key in self._trees:
+            return self._trees[key]
+        dev, m = self.model.device, self.model
+        depth, anc = tree_tables(list(tree.parents), dev)
+        tok = torch.zeros(tree.size, dtype=torch.long, device=dev)
+        st = {"tok": tok, "depth": depth, "anc": anc}
+        all_idx = torch.arange(tree.size, device=dev)
+        split = self.draft.n_layers if self.draft is not None else None
+
+        @torch.no_grad()
+        def verify():
+            pos, slots, mask = step_inputs(self.n_buf, all_idx, depth, anc, self.max_len)
+            if split is None:
+                return m.logits(m.hidden(tok, pos, slots, mask, self.cache)), None
+            h_mid = m.hidden(tok, pos, slots, mask, self.cache, layers=range(split))
+            h = m.hidden(tok, pos, slots, mask, self.cache, layers=range(split, m.cfg.n_layers), h=h_mid)
+            return m.logits(h), h_mid
+
+        st["verify"] = _Runner(verify, self.use_graphs)
+        if self.draft is not None:
+            st["levels"] = [np.nonzero(tree.depth == d)[0] for d in range(int(tree.depth.max()) + 1)]
+            st["draft"] = [self._draft_runner(tok, torch.as_tensor(lv, device=dev), depth, anc)
+                           for lv in st["levels"][:-1]]
+        self._trees[key] = st
+        return st
+
+    def _draft_runner(self, tok, idx, depth, anc):
+        lo, hi = int(idx[0]), int(idx[-1]) + 1  # levels are contiguous (BFS numbering)
+        m, dr = self.model, self.draft
+
+        @torch.no_grad()
+        def run():
+            pos, slots, mask = step_inputs(self.n_buf, idx, depth, anc, self.max_len)
+            return dr.head(m.hidden(tok[lo:hi], pos, slots, mask, self.cache, layers=range(dr.n_layers)))
+        return _Runner(run, self.use_graphs)
+
+    @torch.no_grad()
+    def prefill(self, prompt: list[int]) -> int:
+        """Put prompt[:-1] in the cache; return the root token prompt[-1]."""
+        if len(prompt) + 1 > self.max_len:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit max_len={self.max_len}")
+        self.cache.n = 0
+        body = prompt[:-1]
+        if body:
+            dev = self.model.device
+            depth, anc = tree_tables(list(range(-1, len(body) - 1)), dev)
+            self.n_buf.fill_(0)
+            pos, slots, mask = step_inputs(self.n_buf, torch.arange(len(body), device=dev), depth, anc,
+                                           self.max_len)
+            self.model.hidden(torch.tensor(body, device=dev), pos, slots, mask, self.cache)
+            self.cache.n = len(body)
+        return prompt[-1]
+
+    def _step_setup(self, tree: TreeTemplate) -> dict:
+        if self.cache.n + tree.size > self.max_len:
+            raise ValueError("KV cache full: raise max_len")
+        self.n_buf.fill_(self.cache.n)
+        return self._tree(tree)
+
+    def _choose(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The target's token after every node [T]: argmax, or a sample (Gumbel-max) at T > 0."""
+        if temperature == 0:
+            return logits.argmax(-1)
+        u = torch.rand(logits.shape, device=logits.device, generator=self.gen).clamp_(1e-20, 1.0)
+        return (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
+
+    # ------------------------------------------------------------------ decode loops
+    @torch.no_grad()
+    def generate(self, prompt: list[int], method: str, max_new: int, temperature: float = 0.0,
+                 tree: TreeTemplate | None = None, eos: int | None = None) -> GenResult:
+        """Decode up to max_new tokens after `prompt` with method ar | recycling | rsd."""
+        if method == "ar":
+            tree = chain(0)
+        if tree is None:
+            raise ValueError(f"method {method} needs a tree")
+        step = {"ar": self._recycling_step, "recycling": self._recycling_step,
+                "rsd": self._rsd_step}[method]
+        if method == "rsd" and self.draft is None:
+            raise ValueError("rsd needs a draft model")
+        sync = torch.cuda.synchronize if self.model.device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        root = self.prefill(prompt)
+        out, steps = [], []
+        while len(out) < max_new and (eos is None or eos not in out):
+            accepted, emitted = step(root, tree, temperature)
+            steps.append({"parents": list(tree.parents), "accepted": accepted})
+            out.extend(emitted)
+            root = emitted[-1]
+        sync()
+        wall = time.perf_counter() - t0
+        if eos is not None and eos in out:
+            out = out[: out.index(eos) + 1]
+        return GenResult(out[:max_new], steps, wall)
+
+    def _recycling_step(self, root: int, tree: TreeTemplate, temperature: float):
+        st = self._step_setup(tree)
+        tokens = recycling.build_draft(self.adj, root, tree)
+        st["tok"].copy_(torch.from_numpy(tokens), non_blocking=True)
+        logits, _ = st["verify"]()
+        if tree.size == 1:  # autoregressive: no adjacency upkeep on the baseline's clock
+            self.cache.compact([0])
+            return [], [int(self._choose(logits, temperature)[0])]
+        k = self.adj.shape[1]
+        both = torch.cat([self._choose(logits, temperature)[:, None], logits.topk(k, -1).indices], 1)
+        both = both.cpu().numpy()                                   # the step's one sync, [T, 1 + k]
+        recycling.update_adjacency(self.adj, tokens, both[:, 1:])
+        accepted, bonus = recycling.walk_tree(tree, tokens, both[:, 0])
+        self.cache.compact([0] + accepted)
+        return accepted, [int(tokens[a]) for a in accepted] + [bonus]
+
+    def _rsd_step(self, root: int, tree: TreeTemplate, temperature: float):
+        """Draft level by level (Gumbel-top-k, or top-k when greedy), verify once, then RRS."""
+        st = self._step_setup(tree)
+        tok, levels = st["tok"], st["levels"]
+        tok[0] = root
+        q_int = []                                                  # draft probs per internal level
+        for d, run in enumerate(st["draft"]):
+            b = len(tree.children[int(levels[d][0])])
+            z = run()                                               # [n_d, V]
+            if temperature == 0:
+                kids = z.topk(b, -1).indices
+            else:
+                logq = torch.log_softmax(z / temperature, -1)
+                q_int.append(logq.exp())
+                kids = rsd.gumbel_topk(logq, b, self.gen)
+            tok[int(levels[d + 1][0]): int(levels[d + 1][-1]) + 1] = kids.reshape(-1)
+        logits, h_mid = st["verify"]()
+        n_int = sum(len(lv) for lv in levels[:-1])
+        if temperature == 0:
+            choice = logits.argmax(-1)
+        else:
+            p = torch.softmax(logits / temperature, -1)
+            outs = []
+            for d, q in enumerate(q_int):                           # constant branching per level
+                lv, nxt = levels[d], levels[d + 1]
+                kids = tok[int(nxt[0]): int(nxt[-1]) + 1].view(len(lv), -1)
+                probs = rsd.rrs_outcome_probs(p[int(lv[0]): int(lv[-1]) + 1], q, kids)
+                outs.append(rsd.sample_outcomes(probs, self.gen))
+            choice = torch.cat(outs + [self._choose(logits[n_int:], temperature)])
+        host = torch.cat([tok, choice]).cpu().numpy()               # the step's one sync
+        tokens, choice = host[: tree.size], host[tree.size:]
+        if temperature == 0:
+            accepted, bonus = recycling.walk_tree(tree, tokens, choice)
+        else:
+            accepted, bonus = _walk_outcomes(tree, tokens, choice, n_int)
+        if self.buffer is not None:
+            self._buffer_mistakes(tree, tokens, accepted, bonus, logits, h_mid)
+        self.cache.compact([0] + accepted)
+        return accepted, [int(tokens[a]) for a in accepted] + [bonus]
+
+    def _buffer_mistakes(self, tree, tokens, accepted, bonus, logits, h_mid):
+        """Nodes on the path whose rank-0 draft child is not the token the target emitted there."""
+        path = [0] + accepted
+        emitted = [int(tokens[a]) for a in accepted] + [bonus]
+        bad = [u for u, t in zip(path, emitted)
+               if tree.children[u] and int(tokens[tree.children[u][0]]) != t]
+        if bad:
+            idx = torch.tensor(bad, device=logits.device)
+            self.buffer.add(h_mid[idx], logits[idx])
+
+
+def _walk_outcomes(tree: TreeTemplate, tokens: np.ndarray, outcome: np.ndarray, n_int: int):
+    """RRS outcomes -> (accepted nodes, bonus). Internal node u: outcome < b accepts child
+    `outcome`, else bonus token outcome - b; a leaf's entry is its bonus token."""
+    cur, accepted = 0, []
+    while True:
+        o = int(outcome[cur])
+        if cur >= n_int:
+            return accepted, o
+        b = len(tree.children[cur])
+        if o >= b:
+            return accepted, o - b
+        cur = tree.children[cur][o]
+        accepted.append(cur)
