@@ -4,7 +4,6 @@ from __future__ import annotations
 import heapq
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +71,9 @@ def load_tree(path) -> TreeTemplate:
 
 
 def default_template() -> TreeTemplate:
-    """The shipped 80-draft-node static template (see data/tree_static80.json's `note`)."""
-    f = resources.files("specmoe.runtime.specdec").joinpath("data/tree_static80.json")
-    return load_tree(str(f))
+    """Token Recycling's published 80-draft-node static template ("2.2.2"), from the planner."""
+    from specmoe.planner.trees import recycling_template
+    return TreeTemplate(tuple(recycling_template().parents), "static-template")
 
 
 def chain(n: int) -> TreeTemplate:
