@@ -2,7 +2,7 @@
 the compacted KV cache equals the one autoregressive decoding builds; RSD at T=1 runs."""
 import pytest
 import torch
-from specdec_helpers import DEVICES, one_thread, tiny_llama
+from tests.runtime.specdec.specdec_helpers import DEVICES, one_thread, tiny_llama
 
 from specmoe.runtime.specdec.draft import EarlyExitDraft, MistakeBuffer, distill
 from specmoe.runtime.specdec.engine import Decoder

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from specdec_helpers import one_thread, real_model
+from tests.runtime.specdec.specdec_helpers import one_thread, real_model
 
 from specmoe.errors import InputError
 from specmoe.runtime.specdec.engine import Decoder

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
-from specdec_helpers import DEVICES, one_thread, real_model, tiny_llama
+from tests.runtime.specdec.specdec_helpers import DEVICES, one_thread, real_model, tiny_llama
 
 from specmoe.runtime.specdec import rsd
 
