@@ -28,7 +28,6 @@ class WhatIfConfig:
     placements: tuple[str, ...] = ("contiguous", "speculative")
     tree_budgets: tuple[int, ...] = (0, 16)
     workload: str = "azure-conv"
-    duration_s: float = 120.0
     rate_min_rps: float = 0.125
     rate_max_rps: float = 512.0
     rate_rel_tol: float = 0.08
@@ -46,7 +45,6 @@ class WhatIfConfig:
         check(all(p in ("contiguous", "eplb", "grouping", "speculative") for p in self.placements),
               "placements", "expected contiguous, eplb, grouping or speculative")
         check(all(b >= 0 for b in self.tree_budgets), "tree_budgets", "must be >= 0")
-        check(self.duration_s > 0, "duration_s", "must be positive")
         check(0 < self.rate_min_rps < self.rate_max_rps, "rate_min_rps",
               "need 0 < rate_min_rps < rate_max_rps")
         check(0 < self.rate_rel_tol < 1, "rate_rel_tol", "must be in (0, 1)")

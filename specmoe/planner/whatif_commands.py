@@ -110,8 +110,11 @@ def whatif_cmd(args) -> int:
     if not console.is_terminal:  # piped: don't squeeze the table into 80 columns
         console = Console(width=150)
     console.print(_table(rows, whatif_eval.slos(cfg)))
+    for r in rows:
+        if not r["feasible"] and r["notes"]:
+            console.print(f"infeasible: {r['label']}: {r['notes'][-1]}")
     if best is None:
-        console.print("no candidate meets the SLOs at the lowest rate searched")
+        console.print(f"no candidate meets the SLOs at {cfg.rate_min_rps:g} req/s or more")
     else:
         console.print(f"best goodput per GPU: {best['label']} — {best['max_rate_rps']:.2f} req/s "
                       f"on {best['num_gpus']} GPUs")

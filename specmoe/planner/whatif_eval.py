@@ -38,8 +38,9 @@ def fits_in_memory(c: Candidate) -> tuple[bool, str]:
 
 
 def evaluate(c: Candidate, cfg: WhatIfConfig, phy2log) -> dict:
-    """`build(c, cfg, phy2log)` returns (StepCosts, decoder or None, notes): the simulator objects for
-    this candidate (placement and draft tree included). Returns the candidate's row."""
+    """The candidate's row: its configuration, cost, and the highest request rate within the
+    SLOs (0.0 and `feasible: false` when it does not fit or fails at the lowest rate).
+    `phy2log`: its placement, `[num_moe_layers, num_physical]`."""
     from specmoe.simulator.serving import ServingConfig, serve
 
     gpu = load_gpu(load_cluster(c.cluster).gpu)
@@ -47,9 +48,11 @@ def evaluate(c: Candidate, cfg: WhatIfConfig, phy2log) -> dict:
                replicas=c.replicas, attention=c.attention, placement=c.placement,
                tree_budget=c.tree_budget, label=c.label,
                cost_per_hour_usd=round(c.num_gpus * gpu.price_per_hour_usd, 4))
+    infeasible = dict(max_rate_rps=0.0, feasible=False, goodput_per_gpu=0.0, requests_per_dollar=0.0,
+                      probes=[])
     ok, why = fits_in_memory(c)
     if not ok:
-        return dict(row, max_rate_rps=0.0, feasible=False, notes=[why])
+        return dict(row, **infeasible, notes=[why])
     costs, decoder, notes = build(c, cfg, phy2log)
     ttft, tpot, pct = slos(cfg)
     config = ServingConfig(slo_ttft_ms=ttft, slo_tpot_ms=tpot, slo_percentile=pct)
@@ -67,7 +70,7 @@ def evaluate(c: Candidate, cfg: WhatIfConfig, phy2log) -> dict:
     try:
         rate, probes = max_rate(meets, cfg.rate_min_rps, cfg.rate_max_rps, cfg.rate_rel_tol)
     except InputError as e:  # e.g. no KV room: the candidate is reported infeasible
-        return dict(row, max_rate_rps=0.0, feasible=False, notes=notes + [f"{type(e).__name__}: {e}"])
+        return dict(row, **infeasible, notes=notes + [str(e)])
     return dict(row, max_rate_rps=round(rate, 6), feasible=rate > 0,
                 goodput_per_gpu=round(rate / c.num_gpus, 6),
                 requests_per_dollar=round(rate * 3600 / row["cost_per_hour_usd"], 3)

@@ -74,3 +74,13 @@ def test_yaml_config_and_bad_input(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["whatif", "--jobs", "0"])
     assert e.value.code == 2
+
+
+def test_a_model_that_does_not_fit_is_reported_infeasible(capsys):
+    # deepseek-v3 in bf16 is 1.3 TB: it cannot fit on two H200s
+    assert main(["whatif", "--models", "deepseek-v3", "--clusters", "h200x2-nvlink", "--placements",
+                 "contiguous", "--tree-budgets", "0", "--jobs", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (row,) = out["candidates"]
+    assert row["feasible"] is False and row["max_rate_rps"] == 0.0 and not row["pareto"]
+    assert "GiB per GPU" in row["notes"][0] and out["best"] is None
