@@ -111,8 +111,9 @@ def whatif_cmd(args) -> int:
         console = Console(width=150)
     console.print(_table(rows, whatif_eval.slos(cfg)))
     for r in rows:
-        if not r["feasible"] and r["notes"]:
-            console.print(f"infeasible: {r['label']}: {r['notes'][-1]}")
+        if not r["feasible"]:
+            why = r["notes"][-1] if not r["probes"] else f"misses the SLOs at {cfg.rate_min_rps:g} req/s"
+            console.print(f"infeasible: {r['label']}: {why}")
     if best is None:
         console.print(f"no candidate meets the SLOs at {cfg.rate_min_rps:g} req/s or more")
     else:
