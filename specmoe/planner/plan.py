@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from specmoe.errors import InputError
-from specmoe.fileio import sha256_file, write_text_atomic  # noqa: F401 (re-exported)
+from specmoe.fileio import read_json, sha256_file, write_text_atomic  # noqa: F401 (re-exported)
 from specmoe.planner.placement import check_phy2log
 
 VERSION = 1
@@ -143,14 +143,7 @@ def from_json(d, source="plan") -> Plan:
 
 
 def load(path) -> Plan:
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except OSError as e:
-        raise InputError(path, "", f"cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, "", f"not valid JSON ({e})") from None
-    return from_json(d, path)
+    return from_json(read_json(path), path)
 
 
 def to_sglang(plan: Plan) -> dict:

@@ -125,7 +125,7 @@ class EPMoE:
         self.stats: list[dict] = []
 
     def __call__(self, layer: int, block, x):
-        t, cfg = self.timer, block.cfg
+        t = self.timer
         moe_i = self.layout_index(block, layer)
         t.phase(layer, "gate")
         ids, w = block.gate(x)

@@ -19,7 +19,6 @@ the roofline and records a note.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 from scipy.interpolate import LinearNDInterpolator
 
 from specmoe.errors import InputError
+from specmoe.fileio import read_json
 
 TABLES = {"gemm": ("m", "n", "k", "us"),
           "grouped_gemm": ("tokens", "experts", "hidden", "ffn", "us"),
@@ -179,11 +179,4 @@ def from_dict(data: dict, source="calibration") -> Calibration:
 
 def load_calibration(path) -> Calibration:
     """Read and validate a calibration JSON file."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise InputError(path, "", f"cannot read file ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise InputError(path, "", f"not valid JSON (line {e.lineno})") from None
-    return from_dict(data, Path(path))
+    return from_dict(read_json(path), Path(path))

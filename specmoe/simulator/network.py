@@ -110,7 +110,6 @@ class Split:
 def split(topo: Topology, traffic: np.ndarray) -> Split:
     """`traffic [B, G, G]` bytes (diagonal ignored) -> Split."""
     traffic = np.asarray(traffic, np.float64)
-    B, G = traffic.shape[0], topo.num_gpus
     return split_counts(topo, traffic.transpose(1, 0, 2), 1.0)
 
 

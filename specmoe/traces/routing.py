@@ -114,7 +114,11 @@ def load(path) -> RoutingTrace:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        why = "it holds pickled objects, which are never loaded" if "pickle" in str(e) else str(e)
+        why = str(e)
+        if "pickle" in why:  # np.load falls back to unpickling anything that is not zip/npy
+            with open(path, "rb") as f:
+                is_zip = f.read(4) == b"PK\x03\x04"
+            why = "it holds pickled objects, which are never loaded" if is_zip else "not a zip archive"
         raise InputError(path, "", f"not a readable .npz routing trace ({why})") from None
     for k in ("topk_ids", "topk_weights", "seq_id", "position", "meta"):
         if k not in arrays:

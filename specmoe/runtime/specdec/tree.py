@@ -82,15 +82,8 @@ def chain(n: int) -> TreeTemplate:
 
 def constant_branching(branching: list[int]) -> TreeTemplate:
     """BFS-numbered tree where every depth-d node has branching[d] children (RSD-C's shape)."""
-    parents, level = [-1], [0]
-    for b in branching:
-        nxt = []
-        for u in level:
-            for _ in range(b):
-                parents.append(u)
-                nxt.append(len(parents) - 1)
-        level = nxt
-    return TreeTemplate(tuple(parents), "const-" + "x".join(map(str, branching)))
+    from specmoe.planner.trees import constant_branching as planner_tree
+    return TreeTemplate(planner_tree(branching).parents, "const-" + "x".join(map(str, branching)))
 
 
 def best_first(budget: int, p_rank: list[float], max_depth: int = 10) -> TreeTemplate:
