@@ -33,6 +33,7 @@ from specmoe.runtime.specdec.traces import acceptance_trace, write_json
 from specmoe.runtime.specdec.tree import (
     TreeTemplate,
     best_first,
+    chain,
     constant_branching,
     default_template,
 )
@@ -50,6 +51,34 @@ def plan_tree(trace: dict, budget: int, max_depth: int) -> tuple[TreeTemplate, s
     except Exception as e:  # noqa: BLE001 -- a planner failure must not lose the other measurements
         print("planner failed:", repr(e), flush=True)
         return best_first(budget, _fit_rank_rates(trace), max_depth), f"fallback-best-first ({e!r})"
+
+
+BUDGETS = (8, 16, 24, 32, 48, 64, 80, 96, 127)
+
+
+def size_tree(dec: Decoder, trace: dict, static: TreeTemplate, log, reps: int) -> dict:
+    """Hardware-aware budget (Sequoia, arXiv:2402.12374, § 4): for each budget n the planner's
+    Sequoia tree, its expected accepted length E(n) under the acceptance fitted to the warm-up
+    trace, and its measured step time c(n) on this device; the best n maximises E(n) / c(n)."""
+    from specmoe.planner.acceptance import fit_depth_positional, trace_from_dict
+    from specmoe.planner.sequoia import sequoia_tree
+    from specmoe.planner.trees import Tree, expected_accepted
+    acc = fit_depth_positional(trace_from_dict(trace, "warmup"), 8, 8)
+    c_ar = dec.step_time_s(chain(0), reps=reps)
+    table = [{"tree": "ar", "budget": 0, "expected_accepted": 1.0, "step_ms": round(c_ar * 1e3, 4),
+              "predicted_speedup": 1.0}]
+    best, best_rate = None, 0.0
+    for name, tree in [("static-template", static)] + [(f"sequoia-{b}", None) for b in BUDGETS]:
+        if tree is None:
+            tree = TreeTemplate(tuple(sequoia_tree(acc, int(name.split("-")[1]), 8).parents), name)
+        e = expected_accepted(Tree(tree.parents), acc)
+        c = dec.step_time_s(tree, reps=reps)
+        table.append({"tree": name, "budget": tree.size - 1, "expected_accepted": round(e, 4),
+                      "step_ms": round(c * 1e3, 4), "predicted_speedup": round(e / c * c_ar, 4)})
+        log("sizing", table[-1])
+        if name != "static-template" and e / c > best_rate:
+            best, best_rate = TreeTemplate(tree.parents, "planner-hw"), e / c
+    return {"table": table, "best": best}
 
 
 def _fit_rank_rates(trace: dict, k: int = 8) -> list[float]:
@@ -83,7 +112,7 @@ def probe(device: str) -> None:
         for k, sh in shapes.items():
             w[f"{i}.{k}"] = (np.ones(sh) if len(sh) == 1 else rng.normal(0, 0.02, sh)).astype(np.float32)
     m = Llama(cfg, w, device=device)
-    for graphs in (True, False):
+    for graphs in ((True, False) if device == "cuda" else (False,)):
         dec = Decoder(m, 800, draft=EarlyExitDraft(m, 10), use_graphs=graphs)
         dec.cache.n = 500
         for tree in (constant_branching([]), constant_branching([4, 2, 1]), default_template()):
@@ -94,13 +123,29 @@ def probe(device: str) -> None:
                     continue
                 for _ in range(3):
                     fn()
-                torch.cuda.synchronize()
+                sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+                sync()
                 t0 = time.perf_counter()
                 for _ in range(50):
                     fn()
-                torch.cuda.synchronize()
+                sync()
                 print(f"probe graphs={graphs} tree={tree.name} T={tree.size} {name}: "
                       f"{(time.perf_counter() - t0) / 50 * 1e3:.3f} ms", flush=True)
+        rec = Decoder(m, 800, use_graphs=graphs)
+        rec.cache.n = 500
+        for tree in (chain(0), constant_branching([4, 2, 1]), default_template()):
+            ms = rec.step_time_s(tree, reps=50) * 1e3
+            print(f"probe graphs={graphs} tree={tree.name} T={tree.size} recycling step: {ms:.3f} ms", flush=True)
+    if device == "cuda":  # kernels per step: what a graph replay pays ~2-3 us each for
+        from torch.profiler import ProfilerActivity, profile
+        rec = Decoder(m, 800, use_graphs=False)
+        rec.cache.n = 500
+        for tree in (chain(0), default_template()):
+            rec.step_time_s(tree, reps=2)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                rec.step_time_s(tree, reps=1)
+            n = sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA")
+            print(f"probe kernels per recycling step T={tree.size}: {n}", flush=True)
 
 
 def main():
@@ -116,6 +161,7 @@ def main():
     ap.add_argument("--osd-heldout", type=int, default=12)
     ap.add_argument("--draft-layers", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=330.0)
+    ap.add_argument("--sizing-reps", type=int, default=30, help="step timings per tree for the sizing")
     ap.add_argument("--probe", action="store_true", help="only time forwards with random weights")
     ap.add_argument("--only-osd", action="store_true", help="only the online-distillation experiment")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
@@ -156,23 +202,34 @@ def main():
         write_json(details["osd"], out / f"osd_{tag}.json")
         return
     static = default_template()
-    # warm-up (graph capture, adjacency) on prompts disjoint from the evaluation set
-    wsetup = type(setup)(setup.model, setup.tok, enc(warm), setup.eos)
-    wres, rec_dec = run_method(wsetup, "recycling", static, a.max_new, 0.0)
+    wprompts = enc(warm)
+    max_len = max(len(q) for q in setup.prompts + wprompts) + a.max_new + 128 + 8
+    dec = Decoder(setup.model, max_len)  # one decoder (graphs, adjacency) for AR and recycling
+    # warm-up on prompts disjoint from the evaluation set: adjacency, graph capture, the trace
+    wres = [dec.generate(p, "recycling", a.max_new, 0.0, static, setup.eos) for p in wprompts]
     wtrace = acceptance_trace(MODEL_NAME, "recycling", 0.0, [st for r in wres for st in r.steps])
     traces["acceptance_recycling_warmup_T0.json"] = wtrace
-    planned, how = plan_tree(wtrace, static.size - 1, 8)
+    planned80, how = plan_tree(wtrace, static.size - 1, 8)
     details["planned_tree"] = how
-    write_json({"version": 1, "method": planned.name, "parents": list(planned.parents),
-                "source": how}, out / f"tree_planned_{tag}.json")
-    log("warm-up done; planned tree", how, "depth", int(planned.depth.max()))
-    run_method(wsetup, "ar", None, 16, 0.0)  # capture AR graph
+    log("warm-up done; planned tree", how, "depth", int(planned80.depth.max()))
+    dec.prefill(wprompts[0])            # a real context for the step timings below
+    sizing = size_tree(dec, wtrace, static, log, a.sizing_reps)
+    details["tree_sizing"] = sizing["table"]
+    hw = sizing["best"]
+    write_json({"version": 1, "method": hw.name, "parents": list(hw.parents), "source": how,
+                "sizing": sizing["table"]}, out / f"tree_planned_{tag}.json")
+    trees = [static, planned80] + ([hw] if hw.parents != planned80.parents else [])
+    for temp in (0.0, 1.0):  # capture every graph the timed runs use, outside their clocks
+        for tree in [chain(0)] + trees:
+            dec.generate(wprompts[0], "recycling", 8, temp, tree, setup.eos)
+    adj0 = dec.adj.clone()              # each timed recycling run starts from the same adjacency
 
     for temp in (0.0, 1.0):
-        ar_res, _ = run_method(setup, "ar", None, a.max_new, temp)
+        ar_res, _ = run_method(setup, "ar", None, a.max_new, temp, decoder=dec)
         base = record("ar", "ar", temp, ar_res, None)["tokens_per_s"]
-        for tree in (static, planned):
-            res, _ = run_method(setup, "recycling", tree, a.max_new, temp, decoder=rec_dec)
+        for tree in trees:
+            dec.adj.copy_(adj0)
+            res, _ = run_method(setup, "recycling", tree, a.max_new, temp, decoder=dec)
             record("recycling", tree.name, temp, res, base)
             if temp == 0:
                 same = sum(r.tokens == q.tokens for r, q in zip(res, ar_res))
@@ -180,7 +237,9 @@ def main():
                 log("greedy identical to AR:", same, "/", len(res))
         if time.time() - t_start < a.budget_s * 0.6:
             rsd_tree = constant_branching([4, 2, 1])
-            res, _ = run_method(setup, "rsd", rsd_tree, a.max_new, temp, draft_layers=a.draft_layers)
+            _, rsd_dec = run_method(type(setup)(setup.model, setup.tok, wprompts[:1], setup.eos), "rsd",
+                                    rsd_tree, 16, temp, draft_layers=a.draft_layers)   # capture
+            res, _ = run_method(setup, "rsd", rsd_tree, a.max_new, temp, decoder=rsd_dec)
             record("rsd", rsd_tree.name, temp, res, base)
         details[f"ar_tokens_per_s_T{temp:g}"] = base
 

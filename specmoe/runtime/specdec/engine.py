@@ -35,10 +35,13 @@ class GenResult:
 class _Runner:
     """fn() over static buffers; on CUDA captured once into a graph, then replayed."""
 
-    def __init__(self, fn, use_graph: bool):
+    def __init__(self, fn, use_graph: bool, snapshot=None):
         self.fn, self.graph, self.out = fn, None, None
         if use_graph:
+            restore = snapshot() if snapshot is not None else None
             self._capture()
+            if restore is not None:  # warm-up and capture ran fn: undo what it changed
+                restore()
 
     def _capture(self):
         s = torch.cuda.Stream()  # warm up on a side stream, as torch.cuda.graphs documents
@@ -70,7 +73,8 @@ class Decoder:
             use_graphs = dev.type == "cuda" and os.environ.get("SPECMOE_NO_GRAPHS") != "1"
         self.use_graphs = use_graphs
         self.n_buf = torch.zeros((), dtype=torch.long, device=dev)
-        self.adj = recycling.new_adjacency(model.cfg.vocab_size, adj_k)
+        # adjacency [vocab + 1, k] on the device; the last row is scratch (update_adjacency_)
+        self.adj = torch.zeros((model.cfg.vocab_size + 1, adj_k), dtype=torch.long, device=dev)
         self.gen = torch.Generator(device=dev).manual_seed(seed)
         self._trees: dict = {}
         self.buffer: MistakeBuffer | None = None
@@ -97,8 +101,8 @@ class Decoder:
             h = m.hidden(tok, pos, slots, mask, self.cache, layers=range(split, m.cfg.n_layers), h=h_mid)
             return m.logits(h), h_mid
 
-        st["verify"] = _Runner(verify, self.use_graphs)
-        if self.draft is not None:
+        if self.draft is not None:  # RSD's runners (recycling steps run `_recycling_graph`)
+            st["verify"] = _Runner(verify, self.use_graphs)
             st["levels"] = [np.nonzero(tree.depth == d)[0] for d in range(int(tree.depth.max()) + 1)]
             st["draft"] = [self._draft_runner(tok, torch.as_tensor(lv, device=dev), depth, anc)
                            for lv in st["levels"][:-1]]
@@ -154,41 +158,126 @@ class Decoder:
             tree = chain(0)
         if tree is None:
             raise ValueError(f"method {method} needs a tree")
-        step = {"ar": self._recycling_step, "recycling": self._recycling_step,
-                "rsd": self._rsd_step}[method]
         if method == "rsd" and self.draft is None:
             raise ValueError("rsd needs a draft model")
         sync = torch.cuda.synchronize if self.model.device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
         root = self.prefill(prompt)
-        out, steps = [], []
-        while len(out) < max_new and (eos is None or eos not in out):
-            accepted, emitted = step(root, tree, temperature)
-            steps.append({"parents": list(tree.parents), "accepted": accepted})
-            out.extend(emitted)
-            root = emitted[-1]
+        if method in ("ar", "recycling"):
+            out, steps = self._recycling_loop(root, tree, temperature, max_new, eos)
+        else:
+            out, steps = [], []
+            while len(out) < max_new and (eos is None or eos not in out):
+                accepted, emitted = self._rsd_step(root, tree, temperature)
+                steps.append({"parents": list(tree.parents), "accepted": accepted})
+                out.extend(emitted)
+                root = emitted[-1]
         sync()
         wall = time.perf_counter() - t0
         if eos is not None and eos in out:
             out = out[: out.index(eos) + 1]
         return GenResult(out[:max_new], steps, wall)
 
-    def _recycling_step(self, root: int, tree: TreeTemplate, temperature: float):
-        st = self._step_setup(tree)
-        tokens = recycling.build_draft(self.adj, root, tree)
-        st["tok"].copy_(torch.from_numpy(tokens), non_blocking=True)
-        logits, _ = st["verify"]()
-        if tree.size == 1:  # autoregressive: no adjacency upkeep on the baseline's clock
-            self.cache.compact([0])
-            return [], [int(self._choose(logits, temperature)[0])]
-        k = self.adj.shape[1]
-        both = torch.cat([self._choose(logits, temperature)[:, None], logits.topk(k, -1).indices], 1)
-        both = both.cpu().numpy()                                   # the step's one sync, [T, 1 + k]
-        recycling.update_adjacency(self.adj, tokens, both[:, 1:])
-        accepted, bonus = recycling.walk_tree(tree, tokens, both[:, 0])
-        self.cache.compact([0] + accepted)
-        return accepted, [int(tokens[a]) for a in accepted] + [bonus]
+    def _recycling_graph(self, tree: TreeTemplate, temperature: float) -> dict:
+        """One Token Recycling (or, for a 1-node tree, autoregressive) step as one runner.
+
+        Device state carried between steps: tok[0] (the root), n_buf (committed length), adj.
+        The runner fills the draft, verifies it, updates the adjacency, walks the tree, compacts
+        the KV cache and sets the next root; it returns [L, path [D+1], tokens on path [D+1],
+        bonus] for the host's one small read per step.
+        """
+        key = ("rec", tree.parents, temperature > 0)
+        if key in self._trees:
+            return self._trees[key]
+        st, dev, m = self._tree(tree), self.model.device, self.model
+        dt = recycling.DeviceTree(tree, dev)
+        tok, all_idx = st["tok"], torch.arange(tree.size, device=dev)
+        noise = torch.rand((tree.size, m.cfg.vocab_size), device=dev) if temperature > 0 else None
+        temp = torch.tensor(max(temperature, 1e-6), device=dev)
+        one, zero = torch.ones((), dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev)
+
+        @torch.no_grad()
+        def step():
+            recycling.fill_draft_(tok, self.adj, dt)
+            pos, slots, mask = step_inputs(self.n_buf, all_idx, st["depth"], st["anc"], self.max_len)
+            logits = m.logits(m.hidden(tok, pos, slots, mask, self.cache))           # [T, V]
+            if noise is None:
+                choice = logits.argmax(-1)
+            else:                                   # Gumbel-max: one exact sample per node
+                choice = (logits / temp - torch.log(-torch.log(noise.clamp(1e-20, 1.0)))).argmax(-1)
+            if tree.size > 1:  # autoregressive decoding keeps no adjacency on the baseline's clock
+                recycling.update_adjacency_(self.adj, tok, logits.topk(self.adj.shape[1], -1).indices, dt)
+            if tree.size > 1:
+                n_acc, path, bonus = recycling.walk_tree_(tok, choice, dt)
+                self.cache.compact_device_(path, self.n_buf)
+            else:                                   # one token: nothing to walk or compact
+                n_acc, path, bonus = one, zero, choice[0]
+            out = torch.cat([n_acc[None], path, tok[path], bonus[None]])
+            self.n_buf.add_(n_acc)
+            tok[0] = bonus
+            return out
+
+        st_rec = {"run": _Runner(step, self.use_graphs, snapshot=lambda: self._snapshot(tok)), "noise": noise,
+                  "tok": tok, "depth": dt.max_depth}
+        self._trees[key] = st_rec
+        return st_rec
+
+    def _snapshot(self, tok):
+        """Device state a step's warm-up and capture calls change; returns its restore()."""
+        state = [self.n_buf, self.adj, self.cache.k, self.cache.v, tok]
+        saved = [t.clone() for t in state]
+
+        def restore():
+            for t, s in zip(state, saved):
+                t.copy_(s)
+        return restore
+
+    @torch.no_grad()
+    def step_time_s(self, tree: TreeTemplate, temperature: float = 0.0, reps: int = 30) -> float:
+        """Median wall time of one recycling step with `tree` (AR for a 1-node tree), state restored.
+
+        Each repetition restarts from the same committed length, so the cache never fills.
+        """
+        st = self._recycling_graph(tree, temperature)
+        restore = self._snapshot(st["tok"])
+        n0 = self.cache.n
+        if n0 + tree.size > self.max_len:
+            raise ValueError("KV cache full: raise max_len")
+        sync = torch.cuda.synchronize if self.model.device.type == "cuda" else (lambda: None)
+        times = []
+        for _ in range(reps):
+            self.n_buf.fill_(n0)
+            sync()
+            if st["noise"] is not None:
+                st["noise"].uniform_(generator=self.gen)
+            t0 = time.perf_counter()
+            st["run"]().tolist()
+            times.append(time.perf_counter() - t0)
+        restore()
+        return float(np.median(times))
+
+    def _recycling_loop(self, root: int, tree: TreeTemplate, temperature: float, max_new: int,
+                        eos: int | None):
+        if self.cache.n + tree.size > self.max_len:
+            raise ValueError("KV cache full: raise max_len")
+        st = self._recycling_graph(tree, temperature)
+        tok, d = st["tok"], st["depth"]
+        self.n_buf.fill_(self.cache.n)
+        tok[0] = root
+        out, steps = [], []
+        while len(out) < max_new and (eos is None or eos not in out):
+            if self.cache.n + tree.size > self.max_len:
+                raise ValueError("KV cache full: raise max_len")
+            if st["noise"] is not None:
+                st["noise"].uniform_(generator=self.gen)
+            res = st["run"]().tolist()                                 # the step's one sync
+            n_acc = res[0]
+            accepted = res[2: 1 + n_acc]
+            steps.append({"parents": list(tree.parents), "accepted": accepted})
+            out.extend(res[d + 3: d + 2 + n_acc] + [res[-1]])
+            self.cache.n += n_acc
+        return out, steps
 
     def _rsd_step(self, root: int, tree: TreeTemplate, temperature: float):
         """Draft level by level (Gumbel-top-k, or top-k when greedy), verify once, then RRS."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from specmoe.runtime.specdec.attention import tree_attention
+from specmoe.runtime.specdec.attention import blocked_rows, tree_attention
 from specmoe.runtime.specdec.gguf_load import LlamaConfig
 
 
@@ -36,6 +36,18 @@ class KVCache:
             self.k.index_copy_(2, dst, self.k.index_select(2, src))
             self.v.index_copy_(2, dst, self.v.index_select(2, src))
         self.n += m
+
+    def compact_device_(self, path: torch.Tensor, n: torch.Tensor) -> None:
+        """Device form of `compact` for graphs: slots n + path[d] -> n + d for every d.
+
+        path [D + 1] long (node ids, root first; entries past the accepted length are don't-care:
+        they land in slots the next step overwrites); n 0-d long, the committed length. Host `n`
+        is advanced by the caller once it has read the accepted length.
+        """
+        src = n + path
+        dst = n + torch.arange(path.numel(), device=path.device)
+        self.k.index_copy_(2, dst, self.k.index_select(2, src))
+        self.v.index_copy_(2, dst, self.v.index_select(2, src))
 
 
 def tree_tables(parents: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,10 +107,14 @@ class Llama(torch.nn.Module):
         x32 = x.float()
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps)).to(x.dtype) * w
 
-    def _rope(self, x, pos):
+    def _rope_table(self, pos):
+        """cos, sin [T, rope_dim/2] for positions pos [T]; computed once per forward."""
+        ang = pos.float()[:, None] * self.inv_freq[None, :]
+        return ang.cos().to(self.dtype), ang.sin().to(self.dtype)
+
+    @staticmethod
+    def _rope(x, cos, sin):
         """x [H, T, hd]; rotate adjacent pairs (llama.cpp NORM rope, matching GGUF's permuted Q/K)."""
-        ang = pos.float()[:, None] * self.inv_freq[None, :]          # [T, hd/2]
-        cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
@@ -111,15 +127,17 @@ class Llama(torch.nn.Module):
         c = self.cfg
         hd, nh, nkv = c.head_dim, c.n_heads, c.n_kv_heads
         x = self.embed[tokens] if h is None else h
+        cos, sin = self._rope_table(pos)                            # shared by every layer
+        blocked = blocked_rows(mask, nh // nkv)
         for li in (range(c.n_layers) if layers is None else layers):
             lw = self.layers[li]
             qkv = self._rms(x, lw["attn_norm"]) @ lw["wqkv"].T
-            q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-            q = self._rope(q.view(-1, nh, hd).transpose(0, 1), pos)    # [H, T, hd]
-            k = self._rope(k.view(-1, nkv, hd).transpose(0, 1), pos)   # [Hkv, T, hd]
+            qk, v = qkv.split([(nh + nkv) * hd, nkv * hd], dim=-1)
+            qk = self._rope(qk.view(-1, nh + nkv, hd).transpose(0, 1), cos, sin)  # Q and K at once
+            q, k = qk[:nh], qk[nh:]                                    # [H, T, hd], [Hkv, T, hd]
             cache.k[li].index_copy_(1, slots, k)
             cache.v[li].index_copy_(1, slots, v.view(-1, nkv, hd).transpose(0, 1))
-            o = tree_attention(q, cache.k[li], cache.v[li], mask)      # [H, T, hd]
+            o = tree_attention(q, cache.k[li], cache.v[li], blocked)      # [H, T, hd]
             x = x + o.transpose(0, 1).reshape(-1, nh * hd) @ lw["wo"].T
             gu = self._rms(x, lw["ffn_norm"]) @ lw["w13"].T
             g, u = gu.chunk(2, dim=-1)

@@ -58,3 +58,72 @@ def walk_tree(tree: TreeTemplate, tokens: np.ndarray, choice: np.ndarray) -> tup
             return accepted, want
         accepted.append(nxt)
         cur = nxt
+
+
+# ---------------------------------------------------------------------------------------------
+# The same three operations as device tensor ops with static shapes, so that a whole Token
+# Recycling step (fill, verify, adjacency update, walk, KV compaction) is one CUDA graph and
+# the host reads back a few integers per step. The numpy versions above are their reference.
+
+class DeviceTree:
+    """A template's index tables on a device (T nodes, depth D).
+
+    parent [T] long (the root points at itself), rank [T], depth [T], anc [T, T] bool
+    (ancestor-or-self), sib_before [T, T] bool (j is an earlier sibling of i), levels: one
+    index tensor per depth 1..D.
+    """
+
+    def __init__(self, tree: TreeTemplate, device):
+        import torch
+        p = np.asarray(tree.parents).copy()
+        p[0] = 0
+        t = tree.size
+        anc = np.eye(t, dtype=bool)
+        for i in range(1, t):
+            anc[i] |= anc[p[i]]
+        same_parent = (p[:, None] == p[None, :]) & (np.arange(t)[None, :] < np.arange(t)[:, None])
+        same_parent[0] = False
+        same_parent[:, 0] = False
+        self.size, self.max_depth = t, int(tree.depth.max())
+        as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+        self.parent, self.rank, self.depth = as_t(p), as_t(tree.rank), as_t(tree.depth)
+        self.anc, self.sib_before = as_t(anc), as_t(same_parent)
+        self.levels = [as_t(np.nonzero(tree.depth == d)[0]) for d in range(1, self.max_depth + 1)]
+        self.arange = as_t(np.arange(t))
+
+
+def fill_draft_(tok, adj, dt: DeviceTree) -> None:
+    """tok [T] long, tok[0] the root already set: fill level by level, tok[i] = adj[tok[parent[i]], rank[i]]."""
+    for idx in dt.levels:
+        tok[idx] = adj[tok[dt.parent[idx]], dt.rank[idx]]
+
+
+def update_adjacency_(adj, tok, topk_ids, dt: DeviceTree) -> None:
+    """adj [V + 1, k]: adj[tok[i]] = topk_ids[i]; the last node wins on repeated tokens (as numpy's
+    fancy assignment does); shadowed rows go to the scratch row V, so the result is deterministic."""
+    import torch
+    later_same = (tok[None, :] == tok[:, None]) & (dt.arange[None, :] > dt.arange[:, None])
+    rows = torch.where(later_same.any(1), adj.shape[0] - 1, tok)
+    adj.index_copy_(0, rows, topk_ids[:, : adj.shape[1]])
+
+
+def walk_tree_(tok, choice, dt: DeviceTree):
+    """Tensor form of `walk_tree`. Returns (L, path [D + 1], bonus), 0-d/1-d long tensors:
+    L - 1 accepted drafts, path[d] = the accepted node at depth d for d < L (entries >= L are
+    don't-care), bonus = choice at the deepest accepted node.
+
+    Node i matches if tok[i] is its parent's choice and no earlier sibling holds the same token
+    (walk_tree takes the first matching child); accepted = every ancestor-or-self matches.
+    Accepted nodes then form one chain from the root, and the deepest one ends it.
+    """
+    import torch
+    same_tok = tok[:, None] == tok[None, :]
+    ok = (tok == choice[dt.parent]) & ~(dt.sib_before & same_tok).any(1)
+    ok[0] = True
+    acc = ~(dt.anc & ~ok[None, :]).any(1)
+    best = torch.where(acc, dt.depth, -1).argmax()
+    on_path = dt.anc[best]
+    d = dt.max_depth
+    slot = torch.where(on_path, dt.depth, d + 1)                    # off-path nodes: scratch slot
+    path = torch.zeros(d + 2, dtype=tok.dtype, device=tok.device).index_copy_(0, slot, dt.arange)
+    return on_path.sum(), path[: d + 1], choice[best]
