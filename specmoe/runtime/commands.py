@@ -109,7 +109,7 @@ def validate_cmd(args) -> int:
     return _exit_if_torchrun_gpu(code)
 
 
-TEARDOWN_S = 60.0
+TEARDOWN_S = 20.0
 
 
 def _finish() -> None:
