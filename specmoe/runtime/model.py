@@ -205,7 +205,7 @@ class Experts(nn.Module):
         self.backend = "torch"
 
     @torch.no_grad()
-    def set_backend(self, backend: str) -> "Experts":
+    def set_backend(self, backend: str) -> Experts:
         """"torch" (sort + grouped GEMMs below) or "triton" (specmoe.kernels.moe.fused_moe).
         triton needs gate and up as one tensor w13 [slots, 2F, H]: it is built once and w_gate,
         w_up become views of it (no second copy of the weights). Set it after the weights

@@ -2,7 +2,6 @@
 give the torch path's output; on CPU this runs under TRITON_INTERPRET=1 at tiny sizes."""
 import os
 
-import numpy as np
 import pytest
 import torch
 
