@@ -14,12 +14,12 @@
 # (and the committed calibration if step 1 produced none).
 # Env: RESULTS (output dir, required), TRACE (ESFT intent routing .npz, required),
 # PLANS (dir with plan-{contiguous,eplb,speculative,ep1}.json), PY (python), NGPU (2),
-# EXPERTS (triton|torch, default triton), BATCHES, STEPS, NUM_LAYERS, NAME, BUDGET_S (540),
+# EXPERTS (triton|torch, default triton), BATCHES, STEPS, NUM_LAYERS, NAME, BUDGET_S (520),
 # MIXTRAL (1), MIX_LAYERS (8), MIX_NAME.
 set -u
 R=${RESULTS:?}; T=${TRACE:?}; P=${PLANS:-docs/validation/plans}; PY=${PY:-python3}
 NAME=${NAME:-deepseek-v2-lite-h200-run3}; EXPERTS=${EXPERTS:-triton}
-BUDGET_S=${BUDGET_S:-540}; START=$(date +%s)
+BUDGET_S=${BUDGET_S:-520}; START=$(date +%s)
 mkdir -p "$R"
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 TR="$PY -m torch.distributed.run --nproc-per-node"
@@ -32,7 +32,7 @@ run() {
   (( cap > left )) && cap=$left
   if (( cap < 20 )); then echo "SKIPPED (deadline): $*" | tee -a "$LOG"; return; fi
   echo "+ [t=$(( $(date +%s) - START ))s cap=${cap}s] $*" | tee -a "$LOG"
-  timeout -k 5 "$cap" "$@" 2>&1 | tee -a "$LOG"
+  timeout -k 30 "$cap" "$@" 2>&1 | tee -a "$LOG"
   echo "rc=${PIPESTATUS[0]} t=$(( $(date +%s) - START ))s" | tee -a "$LOG"
 }
 V=(--trace "$T" --trace-split 0.25 --experts "$EXPERTS")
@@ -42,10 +42,10 @@ V=(--trace "$T" --trace-split 0.25 --experts "$EXPERTS")
 EP2=("$P/plan-contiguous.json" "$P/plan-eplb.json" "$P/plan-speculative.json")
 NGPU=${NGPU:-2}
 export SPECMOE_LAUNCHER="torchrun --nproc-per-node $NGPU"
-run 150 $TR "$NGPU" -m specmoe.cli calibrate -o "$R/h200.json" --experts "$EXPERTS"
-run 130 $TR "$NGPU" -m specmoe.cli validate "${EP2[@]}" "${V[@]}" -o "$R/measured-nvlink-ep2.json"
+run 180 $TR "$NGPU" -m specmoe.cli calibrate -o "$R/h200.json" --experts "$EXPERTS"
+run 120 $TR "$NGPU" -m specmoe.cli validate "${EP2[@]}" "${V[@]}" -o "$R/measured-nvlink-ep2.json"
 export NCCL_P2P_DISABLE=1
-run 130 $TR "$NGPU" -m specmoe.cli validate "${EP2[@]}" "${V[@]}" -o "$R/measured-slow-ep2.json"
+run 120 $TR "$NGPU" -m specmoe.cli validate "${EP2[@]}" "${V[@]}" -o "$R/measured-slow-ep2.json"
 [ -s "$R/h200.json" ] && run 40 $TR "$NGPU" -m specmoe.cli calibrate -o "$R/h200.json" --collectives-only --update
 unset NCCL_P2P_DISABLE
 export SPECMOE_LAUNCHER="torchrun --nproc-per-node 1"

@@ -55,9 +55,7 @@ def calibrate_cmd(args) -> int:
     if rank == 0:
         prov = cal.provenance(_command_line())
         prev = out.get("command")
-        out.update(prov)
-        if not args.collectives_only:
-            out["experts"] = experts
+        out.update(prov)  # the schema has no experts field: pass --experts so the command says it
         if prev and args.update:
             out["command"] = prev + " ; " + prov["command"]
         write_json_atomic(args.output, out)
