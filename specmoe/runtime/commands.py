@@ -12,9 +12,19 @@ from specmoe.fileio import write_json_atomic
 
 
 
-def experts_backend(choice: str | None, device_type: str) -> str:
-    """--experts, defaulting to the Triton kernel on CUDA and torch elsewhere."""
-    return choice or ("triton" if device_type == "cuda" else "torch")
+def experts_backend(choice: str | None, device) -> tuple[str, str | None]:
+    """--experts, defaulting to the Triton kernel on CUDA and torch elsewhere; if triton does
+    not run or disagrees with torch on this device (model.triton_experts_check), torch, and
+    the reason (printed, and kept in the outputs)."""
+    import torch
+
+    from specmoe.runtime.model import triton_experts_check
+    device = torch.device(device)
+    backend = choice or ("triton" if device.type == "cuda" else "torch")
+    if backend == "triton" and (why := triton_experts_check(device)):
+        print(f"specmoe: {why}; the experts run on torch", file=sys.stderr, flush=True)
+        return "torch", why
+    return backend, None
 
 
 def _command_line() -> str:
@@ -37,7 +47,7 @@ def calibrate_cmd(args) -> int:
     out = {}
     if args.update and Path(args.output).exists():
         out = json.loads(Path(args.output).read_text())
-    experts = experts_backend(args.experts, "cuda")
+    experts, fallback = experts_backend(args.experts, device)
     if not args.collectives_only and rank == 0:
         for name, fn in (("gemm", cal.gemm_grid),
                          ("grouped_gemm", lambda d: cal.grouped_grid(d, experts)),
@@ -55,7 +65,9 @@ def calibrate_cmd(args) -> int:
     if rank == 0:
         prov = cal.provenance(_command_line())
         prev = out.get("command")
-        out.update(prov)  # the schema has no experts field: pass --experts so the command says it
+        if fallback and not args.collectives_only:  # the schema has no experts field
+            prov["command"] += f" [experts fell back to torch: {fallback}]"
+        out.update(prov)
         if prev and args.update:
             out["command"] = prev + " ; " + prov["command"]
         write_json_atomic(args.output, out)
@@ -90,12 +102,15 @@ def validate_cmd(args) -> int:
     if args.trace_split:
         trace = trace.split_by_sequence(args.trace_split)[1]
     rank, world, device = init_from_env()
+    experts, fallback = experts_backend(args.experts, device)
     res = measure(plans, trace, args.trace, _batches(args.batches), args.context, args.steps,
                   args.seed, args.num_layers, device, rank, world, graphs=not args.eager,
-                  experts=experts_backend(args.experts, device.type))
+                  experts=experts)
     if rank == 0:
         res["command"] = _command_line()
         res["trace"]["held_out_after_split"] = args.trace_split
+        if fallback:
+            res["experts_fallback"] = fallback
         write_json_atomic(args.output, res)
         print(f"validate: wrote {args.output} ({len(res['cases'])} cases)")
     _finish()

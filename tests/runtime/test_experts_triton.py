@@ -47,3 +47,19 @@ def test_triton_backend_equals_torch_backend():
 def test_bad_backend_is_rejected():
     with pytest.raises(ValueError, match="torch or triton"):
         _experts().set_backend("cuda")
+
+
+def test_probe_accepts_triton_here_and_reports_a_broken_kernel(monkeypatch):
+    from specmoe.kernels import moe
+    from specmoe.runtime.commands import experts_backend
+    from specmoe.runtime.model import triton_experts_check
+    assert triton_experts_check("cpu") is None
+    assert experts_backend("triton", "cpu") == ("triton", None)
+    assert experts_backend(None, "cpu") == ("torch", None)
+
+    def broken(*a, **k):
+        raise RuntimeError("PTX compile failed")
+    monkeypatch.setattr(moe, "fused_moe", broken)
+    assert "PTX compile failed" in triton_experts_check("cpu")
+    backend, why = experts_backend("triton", "cpu")
+    assert backend == "torch" and "RuntimeError" in why
