@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--link", choices=["nvlink", "pcie"],
                    help="link class of the all-to-all curve (default: pcie if NCCL_P2P_DISABLE=1)")
     p.add_argument("--collectives-only", action="store_true", help="skip the kernel grids")
+    p.add_argument("--experts", choices=["triton", "torch"],
+                   help="expert GEMMs timed in the grouped grid: the Triton kernel (specmoe.kernels.moe, "
+                        "default on CUDA) or torch")
     p.add_argument("--update", action="store_true", help="keep the other sections of OUTPUT")
     p = _cmd(sub, "validate", "specmoe.runtime.commands:validate_cmd",
              "run plans on GPUs with routing replay (torchrun), or --report: compare with the simulator")
@@ -187,13 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", help="routing .npz replayed by the runtime (with --report: overrides the path recorded)")
     p.add_argument("--trace-split", type=_fraction,
                    help="use only the sequences after this fraction (the planner saw the rest)")
-    p.add_argument("--batches", default="1,2,4,8,16,32,64,128,256,512", help="tokens per GPU")
+    p.add_argument("--batches", default="1,2,4,8,16,32,64,128,256,384,512",
+                   help="tokens per GPU (the report calibrates on every other one from the smallest, "
+                        "and the largest, and holds out the rest)")
     p.add_argument("--context", type=_positive_int, default=1024)
     p.add_argument("--steps", type=_positive_int, default=10)
     p.add_argument("--num-layers", type=_positive_int, help="truncate the model (default: all)")
     p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--eager", action="store_true",
                    help="time the eager live path instead of the CUDA-graph replay step")
+    p.add_argument("--experts", choices=["triton", "torch"],
+                   help="expert computation: the Triton grouped GEMM (specmoe.kernels.moe, default on CUDA) "
+                        "or torch (default on CPU)")
     p.add_argument("-o", "--output", help="measured JSON to write")
     p.add_argument("--report", nargs="+", metavar="MEASURED.json",
                    help="compare measured JSONs with the simulator instead of measuring")

@@ -11,18 +11,20 @@ import torch
 import torch.distributed as dist
 
 from specmoe.runtime.ep import EPLayout, EPMoE
-from specmoe.runtime.model import KVCache, MoEModel, init_random
+from specmoe.runtime.model import KVCache, MoEModel, init_random, set_experts_backend
 from specmoe.runtime.replay import RoutingReplay
 from specmoe.runtime.timing import PhaseTimer
 
 MOE_PHASES = ("gate", "dispatch", "experts", "combine", "shared")
 
 
-def build_rank_model(cfg, slots_per_rank: int, device, seed: int = 0) -> MoEModel:
-    """Random bf16 weights at full size, made on the device (std 0.02: activations stay finite)."""
+def build_rank_model(cfg, slots_per_rank: int, device, seed: int = 0,
+                     experts: str = "torch") -> MoEModel:
+    """Random bf16 weights at full size, made on the device (std 0.02: activations stay finite);
+    experts on the torch path or the Triton kernel (model.Experts.set_backend)."""
     with torch.device(device):
         model = MoEModel(cfg, num_slots=slots_per_rank).to(torch.bfloat16)
-    return init_random(model, seed=seed).eval()
+    return set_experts_backend(init_random(model, seed=seed), experts).eval()
 
 
 def _allreduce_max(values: list[float], device) -> list[float]:
@@ -45,7 +47,7 @@ def run_case(model: MoEModel, layout: EPLayout, rank: int, device, ids: np.ndarr
     phys = np.stack([layout.to_physical(i, ids[:, i], token2gpu) for i in range(ids.shape[1])], 1)
     b = len(mine)
     cache = KVCache(model.cfg, max(b, 1), context + 1, device, torch.bfloat16)
-    cache.fill_random(context)
+    cache.fill_random(context, seed=rank)
     graphs = graphs and torch.device(device).type == "cuda"
     if graphs:
         from specmoe.runtime.graphstep import ReplayStep
@@ -75,9 +77,13 @@ def run_case(model: MoEModel, layout: EPLayout, rank: int, device, ids: np.ndarr
         rows = run()
         if s >= warmup:
             per_step.append(rows)
+    capture_error = None
     if graphs:
         sent, local, pairs = step.bytes_sent, step.local_pairs, step.pairs
-        del step
+        capture_error = step.capture_error
+        step.close()
+        del step, run
+        torch.cuda.synchronize()
         torch.cuda.empty_cache()
     else:
         sent = sum(st["bytes_sent"] + st.get("combine_bytes_sent", 0) for st in moe.stats)
@@ -102,6 +108,7 @@ def run_case(model: MoEModel, layout: EPLayout, rank: int, device, ids: np.ndarr
             "moe_layer_us": float(np.median(whole.mean(1))),
             "moe_block_us": float(np.median(block.mean(1))), "phases": phases,
             "tokens_local": b, "bytes_sent_rank": _gather_list(sent, device), "timing": mode,
+            **({"capture_error": capture_error} if capture_error else {}),
             "local_activation_rate_rank": _gather_list(local / max(pairs, 1), device)}
 
 

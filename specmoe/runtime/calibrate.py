@@ -90,12 +90,14 @@ def gemm_grid(device) -> list[dict]:
     return rows
 
 
-def grouped_grid(device) -> list[dict]:
-    """Experts.forward with `tokens` rows over `experts` active experts (round-robin), and the
-    MLP module for one expert of the dense and shared widths."""
+def grouped_grid(device, experts: str = "torch") -> list[dict]:
+    """Experts.forward (on the `experts` backend, as the runtime runs it) with `tokens` rows
+    over `experts` active experts (round-robin), and the MLP module for one expert of the
+    dense and shared widths."""
     rows = []
     for hidden, ffn, actives, slots in GROUPED_SHAPES:
         ex = init_random(Experts(slots, hidden, ffn).to(device=device, dtype=torch.bfloat16))
+        ex.set_backend(experts)
         for tokens in GROUPED_TOKENS:
             x = _randn((tokens, hidden), device, n=2)
             w = torch.rand(tokens, 1, device=device)

@@ -12,6 +12,21 @@ from specmoe.fileio import write_json_atomic
 
 
 
+def experts_backend(choice: str | None, device) -> tuple[str, str | None]:
+    """--experts, defaulting to the Triton kernel on CUDA and torch elsewhere; if triton does
+    not run or disagrees with torch on this device (model.triton_experts_check), torch, and
+    the reason (printed, and kept in the outputs)."""
+    import torch
+
+    from specmoe.runtime.model import triton_experts_check
+    device = torch.device(device)
+    backend = choice or ("triton" if device.type == "cuda" else "torch")
+    if backend == "triton" and (why := triton_experts_check(device)):
+        print(f"specmoe: {why}; the experts run on torch", file=sys.stderr, flush=True)
+        return "torch", why
+    return backend, None
+
+
 def _command_line() -> str:
     launcher = os.environ.get("SPECMOE_LAUNCHER", "")
     env = "NCCL_P2P_DISABLE=1 " if os.environ.get("NCCL_P2P_DISABLE") == "1" else ""
@@ -32,8 +47,10 @@ def calibrate_cmd(args) -> int:
     out = {}
     if args.update and Path(args.output).exists():
         out = json.loads(Path(args.output).read_text())
+    experts, fallback = experts_backend(args.experts, device)
     if not args.collectives_only and rank == 0:
-        for name, fn in (("gemm", cal.gemm_grid), ("grouped_gemm", cal.grouped_grid),
+        for name, fn in (("gemm", cal.gemm_grid),
+                         ("grouped_gemm", lambda d: cal.grouped_grid(d, experts)),
                          ("attention", cal.attention_grid)):
             out[name] = fn(device)
             print(f"calibrate: {name}: {len(out[name])} shapes", flush=True)
@@ -48,12 +65,14 @@ def calibrate_cmd(args) -> int:
     if rank == 0:
         prov = cal.provenance(_command_line())
         prev = out.get("command")
+        if fallback and not args.collectives_only:  # the schema has no experts field
+            prov["command"] += f" [experts fell back to torch: {fallback}]"
         out.update(prov)
         if prev and args.update:
             out["command"] = prev + " ; " + prov["command"]
         write_json_atomic(args.output, out)
     _finish()
-    return 0
+    return _exit_if_torchrun_gpu(0)
 
 
 def _batches(s: str) -> list[int]:
@@ -83,23 +102,63 @@ def validate_cmd(args) -> int:
     if args.trace_split:
         trace = trace.split_by_sequence(args.trace_split)[1]
     rank, world, device = init_from_env()
+    experts, fallback = experts_backend(args.experts, device)
     res = measure(plans, trace, args.trace, _batches(args.batches), args.context, args.steps,
-                  args.seed, args.num_layers, device, rank, world, graphs=not args.eager)
+                  args.seed, args.num_layers, device, rank, world, graphs=not args.eager,
+                  experts=experts)
     if rank == 0:
         res["command"] = _command_line()
         res["trace"]["held_out_after_split"] = args.trace_split
+        if fallback:
+            res["experts_fallback"] = fallback
         write_json_atomic(args.output, res)
         print(f"validate: wrote {args.output} ({len(res['cases'])} cases)")
     _finish()
+    code = 0
     if rank == 0 and args.calibration and args.name:  # simulate the same cases right away
         from specmoe.runtime.report import report_cmd
         args.report = [args.output]
-        return report_cmd(args)
-    return 0
+        code = report_cmd(args)
+    return _exit_if_torchrun_gpu(code)
+
+
+TEARDOWN_S = 20.0
 
 
 def _finish() -> None:
+    """Free the CUDA graphs (they hold NCCL work), then barrier and destroy the process group.
+    H200 run 2's validate hung here after writing its results; a watchdog ends the process
+    (exit 0: the outputs were written atomically before) if teardown takes over TEARDOWN_S."""
+    import gc
+    import threading
+
+    import torch
     import torch.distributed as dist
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    if not dist.is_initialized():
+        return
+
+    def give_up():
+        print(f"specmoe: process-group teardown did not finish in {TEARDOWN_S:.0f} s after the "
+              "results were written; exiting", file=sys.stderr, flush=True)
+        os._exit(0)
+    watchdog = threading.Timer(TEARDOWN_S, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    dist.barrier()
+    dist.destroy_process_group()
+    watchdog.cancel()
+
+
+def _exit_if_torchrun_gpu(code: int) -> int:
+    """Under torchrun on GPUs, leave without the interpreter's shutdown (NCCL's and CUDA's
+    atexit work is where a hang after the results would come from); else return code."""
+    import torch
+    if "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

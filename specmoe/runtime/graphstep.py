@@ -11,6 +11,8 @@ machine, which made the eager runtime host-bound: benchmarks/results/h200-run1/R
 """
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -48,20 +50,33 @@ def capture_graphs(fns) -> list:
     """One CUDA graph per function, captured in order on a side stream into one shared memory
     pool (so they must be replayed in the same order). capture_begin/end directly: the
     torch.cuda.graph context would gc.collect() and empty the cache before every capture.
-    Thread-local capture mode lets NCCL's watchdog thread query its events meanwhile."""
+    Thread-local capture mode lets NCCL's watchdog thread query its events meanwhile.
+
+    Python's cyclic garbage collector is run first and held off during the captures: a
+    collection inside a capture can destroy an earlier case's graphs (cudaGraphExecDestroy is
+    not permitted while capturing), which invalidates the capture and leaves the CUDA RNG in
+    capture state, so the next random fill fails with "Offset increment outside graph capture"
+    (H200 run 2, EP=1)."""
+    gc.collect()
     pool = torch.cuda.graph_pool_handle()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     graphs = []
-    with torch.cuda.stream(side):
-        for fn in fns:
-            g = torch.cuda.CUDAGraph()
-            g.capture_begin(pool=pool, capture_error_mode="thread_local")
-            try:
-                fn()
-            finally:
-                g.capture_end()
-            graphs.append(g)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.stream(side):
+            for fn in fns:
+                g = torch.cuda.CUDAGraph()
+                g.capture_begin(pool=pool, capture_error_mode="thread_local")
+                try:
+                    fn()
+                finally:
+                    g.capture_end()
+                graphs.append(g)
+    finally:
+        if was_enabled:
+            gc.enable()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     return graphs
@@ -81,7 +96,7 @@ class ReplayStep:
         g = torch.Generator(device=device).manual_seed(rank)
         ids = torch.randint(0, model.cfg.vocab_size, (self.b, 1), device=device, generator=g)
         self.buf: dict = {"ids": ids}
-        self.plans = []
+        self.plans, self.graphs, self.capture_error = [], None, None
         self.bytes_sent, self.local_pairs, self.pairs = 0, 0, 0
         row_bytes = model.cfg.hidden_size * 2
         for i in range(phys.shape[1]):
@@ -180,10 +195,16 @@ class ReplayStep:
         try:
             self.graphs = capture_graphs([fn for _, _, fn in self.segments])
             return True
-        except RuntimeError:
-            self.graphs = None
+        except RuntimeError as e:
+            self.graphs, self.capture_error = None, str(e).splitlines()[0][:300]
             torch.cuda.synchronize()
             return False
+
+    def close(self) -> None:
+        """Drop the graphs, segments and buffers now. The segments' closures refer back to
+        self (a reference cycle), so without this the graphs live until a cyclic collection,
+        which may come inside a later capture (see capture_graphs)."""
+        self.graphs, self.segments, self.buf, self.plans = None, [], {}, []
 
     def run_eager(self) -> torch.Tensor:
         """One step without graphs or timing; logits float32 [B, 1, vocab]."""

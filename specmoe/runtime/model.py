@@ -56,10 +56,13 @@ class KVCache:
         self.v = torch.zeros(*shape, 0 if cfg.kv_lora_rank else cfg.v_dim, device=device, dtype=dtype)
         self.length = 0
 
-    def fill_random(self, length: int, generator=None):
-        """Pretend `length` tokens were already decoded (for timing decode at a context)."""
-        self.k[:, :, :, :length].normal_(generator=generator)
-        self.v[:, :, :, :length].normal_(generator=generator)
+    def fill_random(self, length: int, seed: int = 0):
+        """Pretend `length` tokens were already decoded (for timing decode at a context).
+        A fresh seeded generator, not the default one: deterministic, and independent of the
+        default CUDA generator's graph-capture state."""
+        g = torch.Generator(device=self.k.device).manual_seed(seed)
+        self.k[:, :, :, :length].normal_(generator=g)
+        self.v[:, :, :, :length].normal_(generator=g)
         self.length = length
 
 
@@ -199,6 +202,24 @@ class Experts(nn.Module):
         self.w_gate = nn.Parameter(torch.empty(num_slots, f, h))
         self.w_up = nn.Parameter(torch.empty(num_slots, f, h))
         self.w_down = nn.Parameter(torch.empty(num_slots, h, f))
+        self.backend = "torch"
+
+    @torch.no_grad()
+    def set_backend(self, backend: str) -> Experts:
+        """"torch" (sort + grouped GEMMs below) or "triton" (specmoe.kernels.moe.fused_moe).
+        triton needs gate and up as one tensor w13 [slots, 2F, H]: it is built once and w_gate,
+        w_up become views of it (no second copy of the weights). Set it after the weights
+        are final (after loading or init_random, and after .to(device/dtype))."""
+        if backend not in ("torch", "triton"):
+            raise ValueError(f"experts backend must be torch or triton, got {backend!r}")
+        if backend == "triton" and getattr(self, "w13", None) is None:
+            f = self.w_gate.shape[1]
+            w13 = torch.cat([self.w_gate, self.w_up], 1)
+            self.w_gate = nn.Parameter(w13[:, :f], requires_grad=False)
+            self.w_up = nn.Parameter(w13[:, f:], requires_grad=False)
+            self.register_buffer("w13", w13, persistent=False)
+        self.backend = backend
+        return self
 
     def forward(self, x, slot_ids, weights):
         """x [N, H], slot_ids int [N, k] (-1 = none), weights [N, k] -> sum_j w_j expert_j(x) [N, H].
@@ -206,6 +227,11 @@ class Experts(nn.Module):
         No host synchronisation on the grouped-GEMM path: pairs are sorted by slot with the
         empty ones (-1) last, and the GEMMs stop at the last real pair (offs[-1]).
         """
+        if self.backend == "triton":
+            if x.shape[0] == 0:
+                return x.new_zeros(x.shape)
+            from specmoe.kernels.moe import fused_moe
+            return fused_moe(x.contiguous(), self.w13, self.w_down, slot_ids, weights.float())
         n, k = slot_ids.shape
         e = self.w_gate.shape[0]
         key = torch.where(slot_ids >= 0, slot_ids, e).reshape(-1).long()  # [N*k], e = none
@@ -239,6 +265,35 @@ class Experts(nn.Module):
                 out[start:start + c] = h @ self.w_down[j].T
                 start += c
         return out
+
+
+def set_experts_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Experts.set_backend on every Experts module of `model`."""
+    for m in model.modules():
+        if isinstance(m, Experts):
+            m.set_backend(backend)
+    return model
+
+
+def triton_experts_check(device) -> str | None:
+    """None if the Triton experts run on `device` and agree with the torch path on a small
+    random bf16 case (relative max difference < 2e-2), else why not. A probe: any error
+    (compilation, launch) means "use torch" and is reported, never raised."""
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        ex = Experts(4, 64, 32).to(device=device, dtype=torch.bfloat16)
+        with torch.no_grad():
+            for p in ex.parameters():
+                p.normal_(0, 0.1, generator=g)
+            x = torch.randn(9, 64, device=device, dtype=torch.bfloat16, generator=g)
+            ids = torch.randint(0, 4, (9, 2), device=device, generator=g)
+            w = torch.rand(9, 2, device=device, generator=g)
+            ref = ex(x, ids, w).float()
+            got = ex.set_backend("triton")(x, ids, w).float()
+        err = float((got - ref).abs().max() / ref.abs().max())
+        return None if err < 2e-2 else f"Triton experts differ from torch (relative max error {err:.3g})"
+    except Exception as e:  # noqa: BLE001 (a capability probe: every failure means torch)
+        return f"Triton experts failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 _GROUPED_OK: bool | None = None

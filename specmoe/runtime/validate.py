@@ -43,7 +43,7 @@ def case_tokens(trace: RoutingTrace, n: int, seed: int, num_moe_layers: int):
 
 def measure(plans: list[RunPlan], trace: RoutingTrace, trace_path, batches, context: int,
             steps: int, seed: int, num_layers: int | None, device, rank: int, world: int,
-            graphs: bool = True, log=print) -> dict:
+            graphs: bool = True, experts: str = "torch", log=print) -> dict:
     from specmoe.specs import load_model
 
     spec = load_model(plans[0].model)
@@ -59,7 +59,8 @@ def measure(plans: list[RunPlan], trace: RoutingTrace, trace_path, batches, cont
             raise InputError(p.source, "placement.physical_to_logical_map",
                              f"has {p.phy2log.shape[0]} layers, the model {n_moe}")
     slots = {p.phy2log.shape[1] // p.ep for p in plans}
-    models = {s: build_rank_model(cfg, s, device, seed=seed + rank) for s in sorted(slots)}
+    models = {s: build_rank_model(cfg, s, device, seed=seed + rank, experts=experts)
+              for s in sorted(slots)}
     cases = []
     for b in batches:
         rows, ids, w = case_tokens(trace, world * b, seed + b, n_moe)
@@ -77,7 +78,7 @@ def measure(plans: list[RunPlan], trace: RoutingTrace, trace_path, batches, cont
                     f"  local {np.mean(m['local_activation_rate_rank']):.3f}")
     return {"kind": "specmoe.validate.measured", "version": 1, "model": plans[0].model,
             "num_layers": cfg.num_layers, "context": context, "steps": steps, "seed": seed,
-            "world": world, "mode": link_mode(), "timing": cases[0]["timing"] if cases else None,
+            "world": world, "mode": link_mode(), "experts": experts, "timing": cases[0]["timing"] if cases else None,
             "trace": {"path": str(trace_path), "sha256": sha256(trace_path)},
             "plans": {p.name: {"file": p.source, "sha256": sha256(p.source), "ep": p.ep,
                                "policy": p.policy, "physical_to_logical_map": p.phy2log.tolist()}

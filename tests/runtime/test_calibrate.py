@@ -45,3 +45,25 @@ def test_grids_load_in_simulator(cpu_grids):
     assert np.all(np.isfinite(t))
     assert not any("attention" in n and "roofline" in n for n in cm.notes), cm.notes
     assert not any("gemm n=6720" in n for n in cm.notes), cm.notes
+
+
+def test_grouped_grid_times_the_triton_experts(cpu_grids, monkeypatch):
+    """--experts triton: the grid times Experts.forward on the Triton kernel (what validate
+    runs on CUDA); under TRITON_INTERPRET=1 the same shapes as the torch grid come out."""
+    import os
+
+    import torch
+
+    from specmoe.runtime.model import Experts
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("Triton needs a GPU or TRITON_INTERPRET=1")
+    seen = []
+    real = Experts.forward
+
+    def spy(self, *a):
+        seen.append(self.backend)
+        return real(self, *a)
+    monkeypatch.setattr(Experts, "forward", spy)
+    rows = cal.grouped_grid("cpu", "triton")
+    assert {(r["tokens"], r["experts"]) for r in rows if r["ffn"] == 32} == {(1, 1), (4, 1), (4, 2)}
+    assert seen and set(seen) == {"triton"} and all(r["us"] > 0 for r in rows)

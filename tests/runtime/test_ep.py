@@ -85,14 +85,14 @@ def test_layout_rejects_missing_expert():
         EPLayout(np.array([[0, 0, 1, 1]]), 2, 3)
 
 
-def _replay_main(rank, world, over, phy2log, t2g, ids, phys_ids, w, out_dir):
+def _replay_main(rank, world, over, phy2log, t2g, ids, phys_ids, w, out_dir, experts="torch"):
     from specmoe.runtime.graphstep import ReplayStep
-    from specmoe.runtime.model import KVCache
+    from specmoe.runtime.model import KVCache, set_experts_backend
     full = _model(**over)
     layout = EPLayout(np.asarray(phy2log), world, full.cfg.num_experts)
-    local = shard_model(full, layout, rank).eval()
+    local = set_experts_backend(shard_model(full, layout, rank).eval(), experts)
     cache = KVCache(full.cfg, max(int((t2g == rank).sum()), 1), 5, "cpu", torch.float32)
-    cache.fill_random(4, generator=torch.Generator().manual_seed(5))
+    cache.fill_random(4, seed=5)
     step = ReplayStep(local, layout, rank, "cpu", phys_ids, w, t2g, cache, context=4)
     step.buf["ids"] = torch.as_tensor(ids)[np.flatnonzero(t2g == rank)][:, None]
     with torch.no_grad():
@@ -101,9 +101,14 @@ def _replay_main(rank, world, over, phy2log, t2g, ids, phys_ids, w, out_dir):
     np.save(f"{out_dir}/meta{rank}.npy", np.array([step.bytes_sent, step.local_pairs, step.pairs]))
 
 
-def test_replay_step_matches_model_with_forced_routing(tmp_path):
+@pytest.mark.parametrize("experts", ["torch", "triton"])
+def test_replay_step_matches_model_with_forced_routing(tmp_path, experts):
     """The host-planned, sync-free step (graphstep.ReplayStep, eager on CPU) equals the
-    single-process model whose gates are forced to the same routing, at a random KV context."""
+    single-process model whose gates are forced to the same routing, at a random KV context;
+    with the ranks' experts on the torch path or on the Triton kernel (specmoe.kernels.moe)."""
+    import os
+    if experts == "triton" and os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("Triton needs a GPU or TRITON_INTERPRET=1")
     from specmoe.runtime.model import KVCache
     world, rng = 2, np.random.default_rng(11)
     phy2log = np.stack([rng.permutation(6) for _ in range(2)])
@@ -115,10 +120,10 @@ def test_replay_step_matches_model_with_forced_routing(tmp_path):
     t2g = np.array([1, 0, 1, 1, 0])
     layout = EPLayout(phy2log, world, 6)
     phys = np.stack([layout.to_physical(i, logical[:, i], t2g) for i in range(2)], 1)
-    spawn(_replay_main, world, {}, phy2log, t2g, ids, phys, w, str(tmp_path))
+    spawn(_replay_main, world, {}, phy2log, t2g, ids, phys, w, str(tmp_path), experts)
     full = _model()
     cache = KVCache(full.cfg, n, 5, "cpu", torch.float32)
-    cache.fill_random(4, generator=torch.Generator().manual_seed(5))
+    cache.fill_random(4, seed=5)
     # each rank filled its own cache from the same seed: rank r's rows are the first rows
     forced = {1: 0, 2: 1}
 
@@ -130,7 +135,7 @@ def test_replay_step_matches_model_with_forced_routing(tmp_path):
     for r in range(world):
         order = np.flatnonzero(t2g == r)
         c = KVCache(full.cfg, len(order), 5, "cpu", torch.float32)
-        c.fill_random(4, generator=torch.Generator().manual_seed(5))
+        c.fill_random(4, seed=5)
         with torch.no_grad():
             ref = full(torch.as_tensor(ids[order])[:, None], cache=c, moe_fn=moe_fn)
         got[order] = np.load(tmp_path / f"replay{r}.npy")

@@ -9,6 +9,14 @@ def test_split_alternates_sorted_batches():
     assert cal == {1, 4, 512} and held == {2, 8}
 
 
+def test_split_always_calibrates_the_largest_so_held_out_interpolates():
+    cal, held = split_batches([1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512])
+    assert cal == {1, 4, 16, 64, 256, 512} and held == {2, 8, 32, 128, 384}
+    cal, held = split_batches([1, 2, 4, 8])
+    assert cal == {1, 4, 8} and held == {2}
+    assert all(min(cal) < b < max(cal) for b in held)
+
+
 def test_fit_offset_recovers_a_constant_overhead():
     sim = np.array([100.0, 200.0, 400.0])
     assert abs(fit_offset(sim, sim + 50.0) - 50.0) < 1e-9
@@ -16,7 +24,7 @@ def test_fit_offset_recovers_a_constant_overhead():
 
 def _rows(meas_of):
     rows = []
-    for b in (1, 2, 4, 8):
+    for b in (1, 2, 4, 8, 16):
         sim = 100.0 * b
         rows.append({"case": f"c{b}", "plan": "contiguous", "ep": 2, "mode": "nvlink", "batch": b,
                      "simulated": {"step_us": sim, "moe_layer_us": sim / 10},
@@ -26,8 +34,8 @@ def _rows(meas_of):
 
 
 def test_errors_are_computed_on_held_out_cases_only():
-    # calibration batches 1, 4 fit offset 30 exactly; held-out 2, 8 are off by +10 us and -20 us
-    meas = {100.0: 130.0, 400.0: 430.0, 200.0: 240.0, 800.0: 810.0}
+    # calibration batches 1, 4, 16 fit offset 30 exactly; held-out 2, 8 are off by +10 us and -20 us
+    meas = {100.0: 130.0, 400.0: 430.0, 1600.0: 1630.0, 200.0: 240.0, 800.0: 810.0}
     rep = build_report(_rows(lambda s: meas[s]), "t")
     step = rep["by_figure"]["step_us"]
     errs = sorted([abs(230 - 240) / 240, abs(830 - 810) / 810])
