@@ -121,9 +121,9 @@ def walk_tree_(tok, choice, dt: DeviceTree):
     ok = (tok == choice[dt.parent]) & ~(dt.sib_before & same_tok).any(1)
     ok[0] = True
     acc = ~(dt.anc & ~ok[None, :]).any(1)
-    best = torch.where(acc, dt.depth, -1).argmax()
-    on_path = dt.anc[best]
+    best = torch.where(acc, dt.depth, -1).argmax().view(1)         # [1]: no 0-d indexing (host sync)
+    on_path = dt.anc.index_select(0, best)[0]
     d = dt.max_depth
     slot = torch.where(on_path, dt.depth, d + 1)                    # off-path nodes: scratch slot
     path = torch.zeros(d + 2, dtype=tok.dtype, device=tok.device).index_copy_(0, slot, dt.arange)
-    return on_path.sum(), path[: d + 1], choice[best]
+    return on_path.sum(), path[: d + 1], choice.index_select(0, best)[0]
