@@ -228,9 +228,12 @@ def _align_buffers(n: int, num_experts: int, block_m: int, dev):
     """One int32 allocation split into (sorted2pair [P_max], block2expert [P_max / block_m],
     pair2sorted [n], num_padded [1]); P_max = n + E*(block_m - 1) rounded up to block_m."""
     p_max = triton.cdiv(n + num_experts * (block_m - 1), block_m) * block_m
-    nb = p_max // block_m
-    buf = empty((p_max + nb + n + 1,), torch.int32, dev)
-    return buf[:p_max], buf[p_max:p_max + nb], buf[p_max + nb:p_max + nb + n], buf[p_max + nb + n:]
+    sizes = (p_max, p_max // block_m, n, 1)
+    starts = [0]
+    for size in sizes:                        # 16-byte aligned parts: one compiled variant for every M
+        starts.append(starts[-1] + triton.cdiv(size, 4) * 4)
+    buf = empty((starts[-1],), torch.int32, dev)
+    return tuple(buf[a:a + size] for a, size in zip(starts, sizes))
 
 
 def _align_block(n: int, e_pow2: int) -> int:
@@ -256,23 +259,30 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     return align
 
 
-def _gemm(a, w, out, align, ids, num_pairs, top_k, gate_up, cfg, fused_align=False):
-    """One grouped GEMM launch. out: [P_max, N] (gate/up) or [SPLIT_K, P_max, N] (down)."""
+def _gemm_launch(a, w, out, align, ids, num_pairs, top_k, gate_up, cfg, fused_align=False):
+    """(grid, args, kwargs) of one grouped-GEMM launch. out: [P_max, N] (gate/up) or
+    [SPLIT_K, P_max, N] (down). Shared by the launch and the benchmark's ahead-of-time compile."""
     sorted2pair, block2expert, pair2sorted, num_padded = align
     n_out, K = out.shape[-1], a.shape[1]
     m_blocks = block2expert.numel()
     split = 1 if gate_up else cfg.get("SPLIT_K", 1)
     k_split = triton.cdiv(triton.cdiv(K, split), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
     E = w.shape[0]
-    e_pow2 = triton.next_power_of_2(E)
     grid = (m_blocks * triton.cdiv(n_out, cfg["BLOCK_N"]), split)
-    _moe_gemm[grid](a, w, out, ids, sorted2pair, block2expert, pair2sorted, num_padded,
-                    n_out, K, num_pairs, top_k, m_blocks, E, k_split,
-                    a.stride(0), w.stride(0), w.stride(1), out.stride(-2), out.stride(0) if out.dim() == 3 else 0,
-                    GATE_UP=gate_up, FUSED_ALIGN=fused_align, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                    BLOCK_K=cfg["BLOCK_K"], UPCAST=INTERPRET,
-                    ALIGN_BLOCK=64, E_POW2=e_pow2,   # fixed: no recompiles across M
-                    num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    args = (a, w, out, ids, sorted2pair, block2expert, pair2sorted, num_padded,
+            n_out, K, num_pairs, top_k, m_blocks, E, k_split,
+            a.stride(0), w.stride(0), w.stride(1), out.stride(-2), out.stride(0) if out.dim() == 3 else 0)
+    kwargs = dict(GATE_UP=gate_up, FUSED_ALIGN=fused_align, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                  BLOCK_K=cfg["BLOCK_K"], UPCAST=INTERPRET,
+                  ALIGN_BLOCK=64, E_POW2=triton.next_power_of_2(E),   # fixed: no recompiles across M
+                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return grid, args, kwargs
+
+
+def _gemm(a, w, out, align, ids, num_pairs, top_k, gate_up, cfg, fused_align=False):
+    """One grouped GEMM launch (see `_gemm_launch`)."""
+    grid, args, kwargs = _gemm_launch(a, w, out, align, ids, num_pairs, top_k, gate_up, cfg, fused_align)
+    _moe_gemm[grid](*args, **kwargs)
 
 
 def fused_moe(x, w13, w2, topk_ids, topk_weights, *, out=None, config=None, config_down=None,
