@@ -44,7 +44,11 @@ def set_tiny():
 
 
 def block_ms(m):
-    return [16] if m <= 8 else ([16, 32] if m <= 32 else ([16, 32, 64] if m <= 64 else [32, 64]))
+    if m <= 8:
+        return [16]
+    if m <= 32:
+        return [16, 32]
+    return [16, 32, 64] if m <= 64 else ([32, 64] if m <= 128 else [32, 64, 128])
 
 
 def splits(m):

@@ -19,17 +19,16 @@ HQ, HKV, D, T, B = 32, 8, 128, 64, 16
 # T = 16: G*T = 64 rows per kv head, ~64 FLOP/byte, under the ridge (~184): memory-bound
 CANDIDATES_T16 = [(64, 64, 4, 3, 2), (64, 64, 4, 3, 4), (64, 128, 4, 3, 4), (64, 64, 4, 3, 2, True),
                   (64, 128, 4, 3, 2, True)]
-CANDIDATES = [  # BLOCK_M, BLOCK_N, num_warps, num_stages, num_splits (call 2: (128, 64, 8, 3, 1) best)
-    (128, 64, 8, 3, 1), (128, 64, 8, 3, 2), (128, 64, 8, 4, 1), (128, 64, 8, 2, 1),
-    (128, 32, 8, 3, 1), (64, 64, 4, 3, 1), (128, 64, 8, 3, 1, True), (128, 64, 8, 4, 1, True),
-    (128, 128, 8, 2, 1, True), (64, 64, 4, 3, 1, True),
+CANDIDATES = [  # BLOCK_M, BLOCK_N, num_warps, num_stages, num_splits[, tma]; call 3's best first,
+    # then deeper pipelines and wider key tiles for it, then the older candidates
+    (128, 64, 8, 3, 1, True), (128, 128, 8, 3, 1, True), (128, 64, 8, 4, 1, True), (128, 64, 8, 5, 1, True),
+    (128, 128, 8, 2, 1, True), (128, 64, 8, 3, 1), (128, 64, 8, 3, 2, True), (64, 128, 4, 3, 1, True),
+    (128, 64, 4, 3, 1, True), (64, 64, 4, 3, 1, True), (128, 64, 8, 4, 1), (128, 64, 8, 2, 1),
+    (128, 32, 8, 3, 1), (64, 64, 4, 3, 1), (128, 64, 8, 3, 2),
 ]
 
 
 CONTEXTS, CTX_TUNE, CTX_T16, RAGGED = (8192, 16384, 32768), 16384, 32768, (8192, 32768)
-# tried after the first tuning pass (call 3's best with other stages / warps / tiles)
-CANDIDATES += [(128, 64, 8, 5, 1, True), (128, 128, 8, 3, 1, True), (64, 128, 4, 3, 1, True),
-               (128, 64, 4, 3, 1, True)]
 
 
 def set_tiny():
