@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from specmoe.kernels._common import INTERPRET, empty, lookup
+from specmoe.kernels._common import INTERPRET, cdiv, empty, lookup, next_pow2
 
 DEFAULT_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3}
 # Above this many (token, expert) pairs every gate/up program rescanning all ids costs more than
@@ -227,11 +227,11 @@ def _moe_combine(
 def _align_buffers(n: int, num_experts: int, block_m: int, dev):
     """One int32 allocation split into (sorted2pair [P_max], block2expert [P_max / block_m],
     pair2sorted [n], num_padded [1]); P_max = n + E*(block_m - 1) rounded up to block_m."""
-    p_max = triton.cdiv(n + num_experts * (block_m - 1), block_m) * block_m
+    p_max = cdiv(n + num_experts * (block_m - 1), block_m) * block_m
     sizes = (p_max, p_max // block_m, n, 1)
     starts = [0]
     for size in sizes:                        # 16-byte aligned parts: one compiled variant for every M
-        starts.append(starts[-1] + triton.cdiv(size, 4) * 4)
+        starts.append(starts[-1] + cdiv(size, 4) * 4)
     buf = empty((starts[-1],), torch.int32, dev)
     return tuple(buf[a:a + size] for a, size in zip(starts, sizes))
 
@@ -253,7 +253,7 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     ids = _ids(topk_ids)
     n = ids.numel()
     align = _align_buffers(n, num_experts, block_m, ids.device)
-    e_pow2 = triton.next_power_of_2(num_experts)
+    e_pow2 = next_pow2(num_experts)
     _moe_align[(num_experts,)](ids, *align, n, num_experts,
                                BLOCK_M=block_m, BLOCK=_align_block(n, e_pow2), E_POW2=e_pow2)
     return align
@@ -266,15 +266,15 @@ def _gemm_launch(a, w, out, align, ids, num_pairs, top_k, gate_up, cfg, fused_al
     n_out, K = out.shape[-1], a.shape[1]
     m_blocks = block2expert.numel()
     split = 1 if gate_up else cfg.get("SPLIT_K", 1)
-    k_split = triton.cdiv(triton.cdiv(K, split), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
+    k_split = cdiv(cdiv(K, split), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
     E = w.shape[0]
-    grid = (m_blocks * triton.cdiv(n_out, cfg["BLOCK_N"]), split)
+    grid = (m_blocks * cdiv(n_out, cfg["BLOCK_N"]), split)
     args = (a, w, out, ids, sorted2pair, block2expert, pair2sorted, num_padded,
             n_out, K, num_pairs, top_k, m_blocks, E, k_split,
             a.stride(0), w.stride(0), w.stride(1), out.stride(-2), out.stride(0) if out.dim() == 3 else 0)
     kwargs = dict(GATE_UP=gate_up, FUSED_ALIGN=fused_align, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                   BLOCK_K=cfg["BLOCK_K"], UPCAST=INTERPRET,
-                  ALIGN_BLOCK=64, E_POW2=triton.next_power_of_2(E),   # fixed: no recompiles across M
+                  ALIGN_BLOCK=64, E_POW2=next_pow2(E),   # fixed: no recompiles across M
                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return grid, args, kwargs
 
@@ -322,7 +322,7 @@ def fused_moe(x, w13, w2, topk_ids, topk_weights, *, out=None, config=None, conf
     _gemm(inter, w2, y, align, ids, n, k, False, cfg_down)
     out = empty((M, H), x.dtype, x.device) if out is None else out
     wts = topk_weights if topk_weights.is_contiguous() else topk_weights.contiguous()
-    block_h = min(1024, triton.next_power_of_2(H))
-    _moe_combine[(M, triton.cdiv(H, block_h))](y, wts, align[2], out, H, y.stride(0), y.stride(1),
+    block_h = min(1024, next_pow2(H))
+    _moe_combine[(M, cdiv(H, block_h))](y, wts, align[2], out, H, y.stride(0), y.stride(1),
                                                out.stride(0), TOP_K=k, SPLIT_K=split, BLOCK_H=block_h)
     return out
