@@ -10,7 +10,7 @@ contiguous runs of BLOCK_K * 2 bytes, and each weight byte is read once per m-bl
 Data flow for tokens x [M, H] routed by topk_ids [M, k] (pair p = m * k + j):
   align      -> sorted2pair [P_pad] (pairs grouped by expert, each group padded to BLOCK_M with
                 the sentinel M*k), block2expert [P_pad / BLOCK_M], pair2sorted [M*k], num_padded [1]
-  gate_up    -> inter [P_pad, F] fp32 = silu(x W1^T) * (x W3^T), in sorted order
+  gate_up    -> inter [P_pad, F] (weights' dtype) = silu(x W1^T) * (x W3^T), in sorted order
   down       -> y [SPLIT_K, P_pad, H] fp32 = inter W2^T, one partial sum per K split
   combine    -> out [M, H] = sum_j topk_weights[m, j] * sum_s y[s, pair2sorted[m*k + j]]
 Nothing syncs with the host: buffers are sized by the static bound
@@ -189,7 +189,7 @@ def _moe_gemm(
             a = a.to(tl.float32)
             w = w.to(tl.float32)
         else:
-            a = a.to(w.dtype)                    # fp32 intermediate -> bf16 tensor-core operand
+            a = a.to(w.dtype)                    # tensor-core operand in the weights' dtype
         acc = tl.dot(a, w, acc)
         if GATE_UP:
             wu = tl.load(w_ptr + N * stride_wn + kk, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
@@ -314,10 +314,11 @@ def fused_moe(x, w13, w2, topk_ids, topk_weights, *, out=None, config=None, conf
         align = moe_align(ids, E, cfg["BLOCK_M"])
     p_max = align[0].numel()
     split = cfg_down.get("SPLIT_K", 1)
-    # fp32 intermediates: one bf16 rounding fewer; their bytes are ~1% of the weights at decode
-    work = empty((p_max * (Fd + split * H),), torch.float32, x.device)
-    inter = work[: p_max * Fd].view(p_max, Fd)
-    y = work[p_max * Fd:].view(split, p_max, H)
+    # inter in the weights' dtype: the down GEMM rounds its operand to it anyway (tensor cores),
+    # so this is the same rounding with half the bytes and no conversion in the down GEMM's loop;
+    # y stays fp32 (split-K partials, summed in the combine)
+    inter = empty((p_max, Fd), w2.dtype, x.device)
+    y = empty((split, p_max, H), torch.float32, x.device)
     _gemm(x, w13, inter, align, ids, n, k, True, cfg, fused_align=fused)
     _gemm(inter, w2, y, align, ids, n, k, False, cfg_down)
     out = empty((M, H), x.dtype, x.device) if out is None else out
