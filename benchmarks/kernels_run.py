@@ -74,7 +74,7 @@ def main() -> int:
     rows += bt.bench(dev, tree_cfg)
     save()
     if not args.skip_tune or tree16_cfg is None:
-        tree16_cfg, tuning["tree_attention_T16"] = bt.tune(dev, ctx=bt.CTX_T16, budget_s=0.3 * B_, T=16,
+        tree16_cfg, tuning["tree_attention_T16"] = bt.tune(dev, ctx=bt.CTX_T16, budget_s=elapsed() + 0.07 * B_, T=16,
                                                             candidates=bt.CANDIDATES_T16)
     rows += bt.bench(dev, tree16_cfg, T=16, contexts=(bt.CTX_T16,))
     save()
@@ -82,7 +82,8 @@ def main() -> int:
 
     w13, w2 = bm.make_weights(dev)
     if not args.skip_tune or not tab_gu:
-        tab_gu, tab_dn, tuning["moe"] = bm.tune(dev, w13, w2, budget_s=B_, stored=(tab_gu, tab_dn))
+        new_gu, new_dn, tuning["moe"] = bm.tune(dev, w13, w2, budget_s=B_, stored=(tab_gu, tab_dn))
+        tab_gu, tab_dn = dict(tab_gu or {}, **new_gu), dict(tab_dn or {}, **new_dn)   # stored M kept if untuned
     configs = {"version": 1, "devices": {name: {
         "tree_attention": {f"G{bt.HQ // bt.HKV}_D{bt.D}": {str(bt.T): tree_cfg, "16": tree16_cfg}},
         "moe_gate_up": {f"E{bm.E}_H{bm.H}_F{bm.FF}": tab_gu},

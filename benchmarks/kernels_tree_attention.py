@@ -100,7 +100,7 @@ def tune(dev, ctx=None, budget_s=90.0, T=None, candidates=None):
     del qh, kh, vh, mask
     best, log = None, []
     for c in candidates:
-        if elapsed() > budget_s:
+        if elapsed() > budget_s and best is not None:                # at least one config is timed
             print("  tree tuning: time budget reached")
             break
         cfg = cfg_of(c)
