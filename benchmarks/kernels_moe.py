@@ -14,7 +14,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.kernels_common import CUDA, HBM_BYTES_PER_S, bench_us, elapsed, graph_us, host_us, rel_err, row, try_time
+from benchmarks.kernels_common import (
+    CUDA,
+    HBM_BYTES_PER_S,
+    bench_us,
+    elapsed,
+    graph_us,
+    host_us,
+    rel_err,
+    row,
+    try_time,
+)
 from specmoe.kernels import moe as moe_k
 from specmoe.kernels.pack import pack_by_rank
 from specmoe.kernels.ref import moe_ref, pack_by_rank_ref
@@ -148,7 +158,7 @@ def _warm(job):
     try:
         moe_k._moe_gemm.warmup(*args, grid=grid, **kwargs)
         return None
-    except Exception as exc:                                          # noqa: BLE001 - reported
+    except Exception as exc:
         return f"{type(exc).__name__}: {str(exc)[:100]}"
 
 
@@ -173,7 +183,7 @@ def precompile(jobs, timeout_s, workers=12):
         print(f"  precompiled {len(todo) - len(errs)}/{len(todo)} kernels, t={elapsed():.0f}s"
               + (f"; first failure {errs[0]}" if errs else ""))
         return len(todo) - len(errs)
-    except Exception as exc:                                          # noqa: BLE001 - fall back
+    except Exception as exc:
         print(f"  precompile skipped: {type(exc).__name__}: {str(exc)[:160]}")
         return 0
 
@@ -210,7 +220,7 @@ def tune(dev, w13, w2, budget_s, stored=(None, None)):
             grid, args, kwargs = case.launch(w, gate_up, cfg)
             try:
                 us = bench_us(lambda: moe_k._moe_gemm[grid](*args, **kwargs), rep_ms=25)
-            except Exception as exc:                                  # noqa: BLE001
+            except Exception as exc:
                 print(f"  moe config {cfg} failed: {type(exc).__name__}: {str(exc)[:100]}")
                 continue
             log.append({"m": m, "gate_up": gate_up, "config": cfg, "time_us": round(us, 2)})
@@ -255,7 +265,7 @@ def check(dev, w13, w2, table_gu, table_dn):
             try:
                 moe_k.fused_moe(x, w13, w2, ids, wts, out=out, config=cg, config_down=cd, fuse_align=fuse)
                 errs[name] = rel_err(out, moe_ref(x, w13, w2, ids, wts))
-            except Exception as exc:                                  # noqa: BLE001 - reported
+            except Exception as exc:
                 errs[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
     finally:
         _common.POISON = poison
@@ -276,7 +286,7 @@ def smoke(dev, w13, w2):
                                   fuse_align=fuse)
             err = rel_err(out, moe_ref(x, w13, w2, ids, wts))
             res[name] = err if err <= 1e-2 else f"rel err {err:.2e}"
-        except Exception as exc:                                      # noqa: BLE001 - reported
+        except Exception as exc:
             res[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
         if not isinstance(res[name], float):
             print(f"  moe smoke: {name} failed ({res[name]}); switched off for this run")
@@ -295,10 +305,15 @@ def bench(dev, w13, w2, table_gu, table_dn):
     for m in TOKENS:
         x, ids, wts = make_tokens(m, dev, seed=m)
         cg, cd = nearest(table_gu, m), nearest(table_dn, m)
-        fn = lambda: moe_k.fused_moe(x, w13, w2, ids, wts, config=cg, config_down=cd)  # noqa: E731
+        fn = lambda: moe_k.fused_moe(x, w13, w2, ids, wts, config=cg, config_down=cd)
         t = bench_us(fn, rep_ms=200)
         t_graph = graph_us(fn)
         t_host = host_us(fn)
+        alt = {}
+        if m * K <= moe_k.FUSED_ALIGN_MAX_PAIRS:                     # the separate-align path, for comparison
+            fn_sep = lambda: moe_k.fused_moe(x, w13, w2, ids, wts, config=cg, config_down=cd, fuse_align=False)  # noqa: E731
+            alt = {"separate_align_time_us": round(bench_us(fn_sep, rep_ms=100), 2),
+                   "separate_align_graph_time_us": graph_us(fn_sep), "separate_align_host_issue_us": round(host_us(fn_sep), 2)}
         t_loop = try_time(lambda: torch_loop(x, w13, w2, ids, wts), rep_ms=200)
         t_grp = try_time(lambda: torch_grouped(x, w13, w2, ids, wts), rep_ms=200)
         u = int(torch.unique(ids).numel())
@@ -314,17 +329,26 @@ def bench(dev, w13, w2, table_gu, table_dn):
                         hbm_frac_graph=t_graph and round(wbytes / (t_graph * 1e-6) / HBM_BYTES_PER_S, 4),
                         hbm_frac_all=round(all_bytes / (t * 1e-6) / HBM_BYTES_PER_S, 4),
                         speedup_vs_loop=None if t_loop is None else round(t_loop / t, 3),
-                        fused_align=p <= moe_k.FUSED_ALIGN_MAX_PAIRS, config_gate_up=cg, config_down=cd))
+                        fused_align=p <= moe_k.FUSED_ALIGN_MAX_PAIRS, config_gate_up=cg, config_down=cd, **alt))
         print(f"  moe m={m}: {t:.1f} us (graph {t_graph}, host {t_host:.1f}), hbm(weights) "
               f"{rows[-1]['hbm_frac']:.3f}; loop {t_loop}, grouped_mm {t_grp}")
     return rows
 
 
 def targets(rows):
-    """The issue's MoE targets, read off the rows: hbm_frac >= 0.75 at every M, >= 2x the loop at 64."""
+    """The issue's targets, read off the rows. MoE: hbm_frac >= 0.75 at every M, >= 2x the loop at
+    64. Tree attention (T = 64, GQA 32/8): hbm_frac (target 0.8) beside the cap the bf16 rate puts
+    on it, per key and head-dim element: 4 bytes (K, V) / 4.19 TB/s over 4*T*G = 1024 FLOPs / 772 TFLOP/s."""
     moe = [r for r in rows if r["kernel"] == "moe_decode"]
     at64 = [r for r in moe if r["shape"]["M"] == 64]
-    return {"moe_hbm_frac_min": min((r["hbm_frac"] for r in moe), default=None),
+    tree = [r for r in rows if r["kernel"] == "tree_attention" and r["shape"]["T"] == 64]
+    return {"tree_T64_hbm_frac_by_ctx": {f"{r['shape']['lens']}_{r['shape']['ctx_max']}": r["hbm_frac"] for r in tree},
+            "tree_T64_flop_frac_by_ctx": {f"{r['shape']['lens']}_{r['shape']['ctx_max']}": r["flop_frac"] for r in tree},
+            "tree_T64_speedup_vs_sdpa": {f"{r['shape']['lens']}_{r['shape']['ctx_max']}":
+                                         r["baseline_time_us"] and round(r["baseline_time_us"] / r["time_us"], 2)
+                                         for r in tree},
+            "tree_T64_hbm_frac_cap": round((4 / 4.19e12) / (4 * 64 * 4 / 772e12), 4),   # bytes/key·d vs FLOPs/key·d
+            "moe_hbm_frac_min": min((r["hbm_frac"] for r in moe), default=None),
             "moe_hbm_frac_ge_0.75_all_M": bool(moe) and all(r["hbm_frac"] >= 0.75 for r in moe),
             "moe_hbm_frac_by_M": {r["shape"]["M"]: r["hbm_frac"] for r in moe},
             "moe_hbm_frac_graph_by_M": {r["shape"]["M"]: r["hbm_frac_graph"] for r in moe},

@@ -272,10 +272,10 @@ def _gemm_launch(a, w, out, align, ids, num_pairs, top_k, gate_up, cfg, fused_al
     args = (a, w, out, ids, sorted2pair, block2expert, pair2sorted, num_padded,
             n_out, K, num_pairs, top_k, m_blocks, E, k_split,
             a.stride(0), w.stride(0), w.stride(1), out.stride(-2), out.stride(0) if out.dim() == 3 else 0)
-    kwargs = dict(GATE_UP=gate_up, FUSED_ALIGN=fused_align, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                  BLOCK_K=cfg["BLOCK_K"], UPCAST=INTERPRET,
-                  ALIGN_BLOCK=64, E_POW2=next_pow2(E),   # fixed: no recompiles across M
-                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    kwargs = {"GATE_UP": gate_up, "FUSED_ALIGN": fused_align, "BLOCK_M": cfg["BLOCK_M"],
+              "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"], "UPCAST": INTERPRET,
+              "ALIGN_BLOCK": 64, "E_POW2": next_pow2(E),   # fixed: no recompiles across M
+              "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
     return grid, args, kwargs
 
 

@@ -43,7 +43,7 @@ def test_buffers_are_poisoned_in_tests():
 def test_host_helpers_match_triton():
     """The wrappers' host-side cdiv / next_pow2 (cheaper than triton's jit-wrapped ones) agree."""
     import triton
-    for n in range(0, 2100):
+    for n in range(2100):
         assert _common.next_pow2(n) == triton.next_power_of_2(n)
         for b in (1, 3, 16, 64, 1000):
             assert _common.cdiv(n, b) == triton.cdiv(n, b)
