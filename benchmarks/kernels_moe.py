@@ -311,9 +311,10 @@ def bench(dev, w13, w2, table_gu, table_dn):
         t_host = host_us(fn)
         alt = {}
         if m * K <= moe_k.FUSED_ALIGN_MAX_PAIRS:                     # the separate-align path, for comparison
-            fn_sep = lambda: moe_k.fused_moe(x, w13, w2, ids, wts, config=cg, config_down=cd, fuse_align=False)  # noqa: E731
+            fn_sep = lambda: moe_k.fused_moe(x, w13, w2, ids, wts, config=cg, config_down=cd, fuse_align=False)
             alt = {"separate_align_time_us": round(bench_us(fn_sep, rep_ms=100), 2),
-                   "separate_align_graph_time_us": graph_us(fn_sep), "separate_align_host_issue_us": round(host_us(fn_sep), 2)}
+                   "separate_align_graph_time_us": graph_us(fn_sep),
+                   "separate_align_host_issue_us": round(host_us(fn_sep), 2)}
         t_loop = try_time(lambda: torch_loop(x, w13, w2, ids, wts), rep_ms=200)
         t_grp = try_time(lambda: torch_grouped(x, w13, w2, ids, wts), rep_ms=200)
         u = int(torch.unique(ids).numel())

@@ -52,7 +52,8 @@ def _mark_dropped(TopkIds, Pair2Sorted, num_pairs, E, BLOCK: tl.constexpr):
     for s in range(0, num_pairs, BLOCK):
         pair = s + lane
         ids = tl.load(TopkIds + pair, mask=pair < num_pairs, other=0).to(tl.int32)
-        tl.store(Pair2Sorted + pair, tl.full([BLOCK], -1, tl.int32), mask=((ids < 0) | (ids >= E)) & (pair < num_pairs))
+        dropped = ((ids < 0) | (ids >= E)) & (pair < num_pairs)
+        tl.store(Pair2Sorted + pair, tl.full([BLOCK], -1, tl.int32), mask=dropped)
 
 
 @triton.jit(do_not_specialize=["num_pairs"])
@@ -324,6 +325,6 @@ def fused_moe(x, w13, w2, topk_ids, topk_weights, *, out=None, config=None, conf
     out = empty((M, H), x.dtype, x.device) if out is None else out
     wts = topk_weights if topk_weights.is_contiguous() else topk_weights.contiguous()
     block_h = min(1024, next_pow2(H))
-    _moe_combine[(M, cdiv(H, block_h))](y, wts, align[2], out, H, y.stride(0), y.stride(1),
-                                               out.stride(0), TOP_K=k, SPLIT_K=split, BLOCK_H=block_h)
+    _moe_combine[(M, cdiv(H, block_h))](y, wts, align[2], out, H, y.stride(0), y.stride(1), out.stride(0),
+                                        TOP_K=k, SPLIT_K=split, BLOCK_H=block_h)
     return out
