@@ -169,6 +169,7 @@ def precompile(jobs, timeout_s, workers=12):
     if not CUDA or not jobs:
         return 0
     import multiprocessing as mp
+
     def plain(x):
         return x.dtype if isinstance(x, torch.Tensor) else x
     todo = {}
@@ -176,16 +177,21 @@ def precompile(jobs, timeout_s, workers=12):
         key = (kwargs["GATE_UP"], kwargs["FUSED_ALIGN"], kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"],
                kwargs["num_warps"], kwargs["num_stages"])
         todo.setdefault(key, (grid, tuple(plain(a) for a in args), kwargs))
+    done, errs, end = 0, [], elapsed() + timeout_s
     try:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            res = pool.map_async(_warm, list(todo.values()), chunksize=1)
-            errs = [e for e in res.get(timeout=timeout_s) if e]
-        print(f"  precompiled {len(todo) - len(errs)}/{len(todo)} kernels, t={elapsed():.0f}s"
-              + (f"; first failure {errs[0]}" if errs else ""))
-        return len(todo) - len(errs)
-    except Exception as exc:
-        print(f"  precompile skipped: {type(exc).__name__}: {str(exc)[:160]}")
-        return 0
+        with mp.get_context("spawn").Pool(workers) as pool:          # on leaving: workers terminated
+            results = pool.imap_unordered(_warm, list(todo.values()))
+            for _ in todo:
+                # a hung or crashed worker stops the precompile after 40 s without progress
+                err = results.next(timeout=max(1.0, min(40.0, end - elapsed())))
+                done += err is None
+                if err:
+                    errs.append(err)
+    except Exception as exc:                                          # fall back: launches compile
+        print(f"  precompile stopped: {type(exc).__name__}: {str(exc)[:160]}")
+    print(f"  precompiled {done}/{len(todo)} kernels, t={elapsed():.0f}s"
+          + (f"; {len(errs)} failed, first: {errs[0]}" if errs else ""))
+    return done
 
 
 def tune(dev, w13, w2, budget_s, stored=(None, None)):
