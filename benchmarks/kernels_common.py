@@ -17,9 +17,36 @@ def elapsed() -> float:
     return time.time() - START
 
 
+CUDA = torch.cuda.is_available()   # False: a CPU dry run (TRITON_INTERPRET=1, tiny sizes) of the code paths
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
 def bench_us(fn, rep_ms: int = 100) -> float:
-    """Median time in microseconds (triton.testing.do_bench: events, L2 flushed between reps)."""
+    """Median time in microseconds (triton.testing.do_bench: events, L2 flushed between reps).
+    Without a GPU: one call's wall time (the dry run checks code paths, not speed)."""
+    if not CUDA:
+        t0 = time.perf_counter()
+        fn()
+        return 1e6 * (time.perf_counter() - t0)
     return 1e3 * triton.testing.do_bench(fn, warmup=10, rep=rep_ms, return_mode="median")
+
+
+def host_us(fn, n: int = 30) -> float:
+    """Median host (CPU) time to issue one call, in microseconds: the launch overhead that an
+    eager caller pays and a CUDA graph removes. Synchronized before each call so the launch queue
+    never fills (a full queue would make the CPU wait for the GPU)."""
+    ts = []
+    for _ in range(n):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    sync()
+    return 1e6 * sorted(ts)[len(ts) // 2]
 
 
 def row(kernel, shape, time_us, bytes_, flops, baseline, baseline_time_us, **extra):
@@ -45,7 +72,7 @@ def try_time(fn, rep_ms=100):
     """Time fn, or None (with the reason printed) when it fails (OOM, unsupported backend)."""
     try:
         fn()
-        torch.cuda.synchronize()
+        sync()
         return bench_us(fn, rep_ms)
     except Exception as exc:                                         # noqa: BLE001 - report, go on
         print(f"  baseline failed: {type(exc).__name__}: {str(exc)[:160]}")
@@ -56,6 +83,8 @@ def try_time(fn, rep_ms=100):
 def graph_us(fn, rep_ms: int = 100):
     """Median time of one CUDA-graph replay of fn (launch overhead removed), or None if fn
     cannot be captured (host syncs)."""
+    if not CUDA:
+        return None
     try:
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())

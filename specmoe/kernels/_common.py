@@ -24,6 +24,17 @@ INT_POISON = -(2**30)
 INTERPRET = os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
+def cdiv(a: int, b: int) -> int:
+    """Host-side ceil(a / b). triton.cdiv is a jit function: ~4 us per host call, which adds up
+    to a large part of a decode step's launch overhead."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """Host-side triton.next_power_of_2 (same reason as `cdiv`)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def empty(shape, dtype, device) -> torch.Tensor:
     """torch.empty, or a poisoned buffer when SPECMOE_KERNELS_POISON is set."""
     if not POISON:
@@ -55,11 +66,15 @@ def lookup(kernel: str, device: torch.device, shape_key: str, m: int | None, def
 
     Entries keyed by a token count `m` (MoE) pick the stored bucket nearest in log2(m).
     """
-    table = _load_configs().get("devices", {}).get(device_name(device), {})
-    entry = table.get(kernel, {}).get(shape_key)
-    if entry is None:
-        return dict(default)
-    if m is None:
-        return dict(entry)
+    entry = _stored(kernel, device_name(device), shape_key, m)
+    return dict(default if entry is None else entry)
+
+
+@lru_cache(maxsize=4096)
+def _stored(kernel: str, dev_name: str, shape_key: str, m: int | None) -> dict | None:
+    """The stored config (cached: the wrappers call this on every launch, on the host's critical path)."""
+    entry = _load_configs().get("devices", {}).get(dev_name, {}).get(kernel, {}).get(shape_key)
+    if entry is None or m is None:
+        return entry
     best = min(entry, key=lambda k: abs(math.log2(int(k)) - math.log2(max(m, 1))))
-    return dict(entry[best])
+    return entry[best]

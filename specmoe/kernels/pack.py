@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from specmoe.kernels._common import empty
+from specmoe.kernels._common import cdiv, empty, next_pow2
 
 
 @triton.jit
@@ -109,16 +109,16 @@ def pack_by_rank(x: torch.Tensor, topk_ids: torch.Tensor, expert2rank: torch.Ten
     send2token = empty((s_max,), torch.int32, dev)
     token2slot = empty((M, R), torch.int32, dev)
     x_send = empty((s_max, H), x.dtype, dev)
-    r_pow2 = triton.next_power_of_2(R)
-    block_t = max(64, triton.next_power_of_2(triton.cdiv(M, 1024)))    # at most 1024 token blocks
-    nb = max(triton.cdiv(M, block_t), 1)
+    r_pow2 = next_pow2(R)
+    block_t = max(64, next_pow2(cdiv(M, 1024)))    # at most 1024 token blocks
+    nb = max(cdiv(M, block_t), 1)
     ids, e2r = topk_ids.to(torch.int32).contiguous(), expert2rank.to(torch.int32).contiguous()
     block_counts = empty((nb, r_pow2), torch.int32, dev)
     _pack_count[(nb,)](ids, e2r, block_counts, M, E, R, TOP_K=k, BLOCK_T=block_t, R_POW2=r_pow2)
     _pack_index[(nb,)](ids, e2r, block_counts, send_counts, send2token, token2slot, M, E, R, nb,
-                       TOP_K=k, BLOCK_T=block_t, R_POW2=r_pow2, NB_POW2=triton.next_power_of_2(nb))
-    block_h = min(1024, triton.next_power_of_2(H))
-    _gather_rows[(s_max, triton.cdiv(H, block_h))](x, send2token, send_counts, x_send, H, R,
+                       TOP_K=k, BLOCK_T=block_t, R_POW2=r_pow2, NB_POW2=next_pow2(nb))
+    block_h = min(1024, next_pow2(H))
+    _gather_rows[(s_max, cdiv(H, block_h))](x, send2token, send_counts, x_send, H, R,
                                                    x.stride(0), x_send.stride(0),
                                                    BLOCK_H=block_h, R_POW2=r_pow2)
     return send_counts, send2token, token2slot, x_send

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from specmoe.kernels._common import INTERPRET, empty, lookup
+from specmoe.kernels._common import INTERPRET, cdiv, empty, lookup, next_pow2
 
 LOG2E = 1.4426950408889634
 DEFAULT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "num_splits": 0}
@@ -193,7 +193,7 @@ def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
     par = parents.to(torch.int32).contiguous()
     anc = empty((B, T, T), torch.int8, parents.device)
     _ancestors[(B,)](par, anc, T, par.stride(0), anc.stride(0), anc.stride(1),
-                     T_POW2=max(16, triton.next_power_of_2(T)))
+                     T_POW2=max(16, next_pow2(T)))
     return anc
 
 
@@ -223,8 +223,8 @@ def _tma_ok(x: torch.Tensor) -> bool:
 def _auto_splits(B, HKV, m_blocks, max_keys, block_n, device) -> int:
     """Enough splits for about two programs per SM, at least 4 key tiles per split."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    want = triton.cdiv(2 * sms, B * HKV * m_blocks)
-    return int(max(1, min(want, triton.cdiv(max_keys, 4 * block_n))))
+    want = cdiv(2 * sms, B * HKV * m_blocks)
+    return int(max(1, min(want, cdiv(max_keys, 4 * block_n))))
 
 
 def tree_attention(q, k_cache, v_cache, cache_lens, parents, *, sm_scale=None, out=None,
@@ -241,9 +241,9 @@ def tree_attention(q, k_cache, v_cache, cache_lens, parents, *, sm_scale=None, o
     cfg = dict(config or lookup("tree_attention", q.device, f"G{G}_D{D}", T, DEFAULT_CONFIG))  # nearest tuned T
     anc = ancestor_mask(parents) if anc is None else anc
     out = empty((B, T, HQ, D), q.dtype, q.device) if out is None else out
-    m_blocks = triton.cdiv(T * G, cfg["BLOCK_M"])
+    m_blocks = cdiv(T * G, cfg["BLOCK_M"])
     splits = cfg["num_splits"] or _auto_splits(B, HKV, m_blocks, k_cache.shape[1], cfg["BLOCK_N"], q.device)
-    splits = triton.next_power_of_2(splits)
+    splits = next_pow2(splits)
     if splits > 1:
         opart = empty((B, T, HQ, splits, D), torch.float32, q.device)
         lse = empty((B, T, HQ, splits), torch.float32, q.device)
