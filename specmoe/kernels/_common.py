@@ -66,15 +66,11 @@ def lookup(kernel: str, device: torch.device, shape_key: str, m: int | None, def
 
     Entries keyed by a token count `m` (MoE) pick the stored bucket nearest in log2(m).
     """
-    entry = _stored(kernel, device_name(device), shape_key, m)
-    return dict(default if entry is None else entry)
-
-
-@lru_cache(maxsize=4096)
-def _stored(kernel: str, dev_name: str, shape_key: str, m: int | None) -> dict | None:
-    """The stored config (cached: the wrappers call this on every launch, on the host's critical path)."""
-    entry = _load_configs().get("devices", {}).get(dev_name, {}).get(kernel, {}).get(shape_key)
-    if entry is None or m is None:
-        return entry
+    table = _load_configs().get("devices", {}).get(device_name(device), {})
+    entry = table.get(kernel, {}).get(shape_key)
+    if entry is None:
+        return dict(default)
+    if m is None:
+        return dict(entry)
     best = min(entry, key=lambda k: abs(math.log2(int(k)) - math.log2(max(m, 1))))
-    return entry[best]
+    return dict(entry[best])

@@ -7,13 +7,11 @@ def test_lookup_picks_nearest_bucket(monkeypatch):
     table = {"devices": {"cpu": {"moe_gate_up": {"E8_H64_F96": {"1": {"BLOCK_M": 16}, "64": {"BLOCK_M": 32},
                                                                 "256": {"BLOCK_M": 64}}}}}}
     monkeypatch.setattr(_common, "_load_configs", lambda: table)
-    _common._stored.cache_clear()                        # lookups are cached per process
     cpu = torch.device("cpu")
     assert _common.lookup("moe_gate_up", cpu, "E8_H64_F96", 1, {})["BLOCK_M"] == 16
     assert _common.lookup("moe_gate_up", cpu, "E8_H64_F96", 40, {})["BLOCK_M"] == 32   # log2: 5.3 nearer 6
     assert _common.lookup("moe_gate_up", cpu, "E8_H64_F96", 200, {})["BLOCK_M"] == 64
     assert _common.lookup("moe_gate_up", cpu, "other", 8, {"BLOCK_M": 7}) == {"BLOCK_M": 7}
-    _common._stored.cache_clear()
 
 
 def test_shipped_configs_are_well_formed():
@@ -27,7 +25,7 @@ def test_shipped_configs_are_well_formed():
         for kernel, shapes in kernels.items():
             for buckets in shapes.values():
                 for key, cfg in buckets.items():
-                    assert int(key) > 0 and set(cfg) - {"tma", "SPLIT_K"} == need[kernel], (kernel, key, cfg)
+                    assert int(key) > 0 and set(cfg) - {"tma"} == need[kernel], (kernel, key, cfg)
         for key in kernels["moe_gate_up"]:                  # one alignment for both GEMMs
             for m, cfg in kernels["moe_gate_up"][key].items():
                 assert kernels["moe_down"][key][m]["BLOCK_M"] == cfg["BLOCK_M"]
@@ -43,7 +41,7 @@ def test_buffers_are_poisoned_in_tests():
 def test_host_helpers_match_triton():
     """The wrappers' host-side cdiv / next_pow2 (cheaper than triton's jit-wrapped ones) agree."""
     import triton
-    for n in range(2100):
+    for n in range(0, 2100):
         assert _common.next_pow2(n) == triton.next_power_of_2(n)
         for b in (1, 3, 16, 64, 1000):
             assert _common.cdiv(n, b) == triton.cdiv(n, b)
