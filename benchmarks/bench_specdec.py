@@ -161,6 +161,7 @@ def main():
     ap.add_argument("--osd-heldout", type=int, default=12)
     ap.add_argument("--draft-layers", type=int, default=10)
     ap.add_argument("--budget-s", type=float, default=330.0)
+    ap.add_argument("--tf32", action="store_true", help="TF32 matmuls (AR and speculative alike)")
     ap.add_argument("--sizing-reps", type=int, default=30, help="step timings per tree for the sizing")
     ap.add_argument("--probe", action="store_true", help="only time forwards with random weights")
     ap.add_argument("--only-osd", action="store_true", help="only the online-distillation experiment")
@@ -172,7 +173,9 @@ def main():
         return probe(a.device)
     t_start = time.time()
     out = Path(a.out)
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 everywhere: greedy outputs comparable to AR
+    # fp32 everywhere by default, so greedy speculative output can be compared with AR token for
+    # token; --tf32 lets the (fp32) GEMMs use TF32 tensor cores, for AR and speculative alike
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
     recs = load_prompts(a.prompts)
     evals = [r for i, r in enumerate(recs) if i % 12 == 0][: a.num_prompts]
     warm = [r for i, r in enumerate(recs) if i % 12 == 6][: a.warm_prompts]
@@ -180,8 +183,8 @@ def main():
     enc = lambda rs: [encode_chat(setup.tok, r["text"])[-512:] for r in rs]
     setup.prompts = enc(evals)
     dev_name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
-    tag = "h200" if "H200" in dev_name else a.device
-    rows, details, traces = [], {"device": dev_name, "num_prompts": len(evals), "max_new": a.max_new,
+    tag = ("h200" if "H200" in dev_name else a.device) + ("_tf32" if a.tf32 else "")
+    rows, details, traces = [], {"device": dev_name, "tf32": a.tf32, "num_prompts": len(evals), "max_new": a.max_new,
                                  "warm_prompts": len(warm), "command": " ".join(sys.argv)}, {}
     log = lambda *x: print(f"[{time.time() - t_start:6.1f}s]", *x, flush=True)
 
@@ -237,8 +240,8 @@ def main():
                 log("greedy identical to AR:", same, "/", len(res))
         if time.time() - t_start < a.budget_s * 0.6:
             rsd_tree = constant_branching([4, 2, 1])
-            _, rsd_dec = run_method(type(setup)(setup.model, setup.tok, wprompts[:1], setup.eos), "rsd",
-                                    rsd_tree, 16, temp, draft_layers=a.draft_layers)   # capture
+            rsd_dec = Decoder(setup.model, max_len, draft=EarlyExitDraft(setup.model, a.draft_layers))
+            rsd_dec.generate(wprompts[0], "rsd", 8, temp, rsd_tree, setup.eos)   # graph capture
             res, _ = run_method(setup, "rsd", rsd_tree, a.max_new, temp, decoder=rsd_dec)
             record("rsd", rsd_tree.name, temp, res, base)
         details[f"ar_tokens_per_s_T{temp:g}"] = base

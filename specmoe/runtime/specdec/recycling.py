@@ -118,8 +118,7 @@ def walk_tree_(tok, choice, dt: DeviceTree):
     """
     import torch
     same_tok = tok[:, None] == tok[None, :]
-    ok = (tok == choice[dt.parent]) & ~(dt.sib_before & same_tok).any(1)
-    ok[0] = True
+    ok = ((tok == choice[dt.parent]) & ~(dt.sib_before & same_tok).any(1)) | (dt.arange == 0)
     acc = ~(dt.anc & ~ok[None, :]).any(1)
     best = torch.where(acc, dt.depth, -1).argmax().view(1)         # [1]: no 0-d indexing (host sync)
     on_path = dt.anc.index_select(0, best)[0]
