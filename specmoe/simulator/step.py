@@ -135,12 +135,13 @@ class _Context:
               split: Split | None = None) -> list[engine.Comm]:
         """One Comm per collective: `traffic` is `[B, G, G]` bytes, or `(counts [ep, B, ep],
         bytes per count)`; `split` is its Split if already computed. Each flow-tier collective
-        runs in its own simpy environment (collectives never overlap: the engine serialises them)."""
+        runs in its own simpy environment (collectives never overlap: the engine serialises them);
+        the environments share one batched rate solver (flow.RateSolver)."""
         if self.network == "flow":
             if isinstance(traffic, tuple):
                 counts, nbytes = traffic
                 traffic = [_pad(counts[:, b, :] * nbytes, self.topo.num_gpus) for b in range(counts.shape[1])]
-            return [engine.Comm(time_s=self.flow.time(t, steps)) for t in traffic]
+            return [engine.Comm(time_s=r.time_s) for r in self.flow.simulate_many(traffic, steps)]
         if split is None:
             split = split_counts(self.topo, *traffic) if isinstance(traffic, tuple) else traffic
         times = analytic_times(self.topo, split, steps, self.cal, kind)
