@@ -93,28 +93,30 @@ def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
     F, E = inc.pad.shape[1], inc.num_links
     rate = np.zeros(F)
     ids = np.arange(F) if active is None else np.flatnonzero(active)
-    pad = inc.pad if len(ids) == F else inc.pad[:, ids]
+    rows = [np.ascontiguousarray(r if len(ids) == F else r[ids]) for r in inc.pad]  # D x [F]
     left = capacity.astype(np.float64).copy()
-    n = _link_sum(pad, None, E)
+    n = _link_sum(np.stack(rows), None, E)
     share = np.full(E + 1, np.inf)  # the last slot is the padding's dummy link
+    ok = np.empty(E + 1, bool)
     while len(ids):
         share[:E] = np.inf
         np.divide(left, n, out=share[:E], where=n > 0)
-        sh = [share[row] for row in pad]  # D x [F] each flow's share on each of its links
+        sh = [share.take(r) for r in rows]  # each flow's share on each of its links
         m = functools.reduce(np.minimum, sh)  # tightest share of each flow
         limit = m * (1 + 1e-9)
-        tight = [x <= limit for x in sh]
-        blocked = np.zeros(E + 1, bool)  # links with a flow that has a tighter link elsewhere
-        for row, t in zip(pad, tight):
-            blocked[row[~t]] = True
-        new = functools.reduce(np.logical_or, [t & ~blocked[row] for row, t in zip(pad, tight)])
-        rate[ids[new]] = m[new]
-        gone = pad[:, new]
-        n -= _link_sum(gone, None, E)
-        left -= _link_sum(gone, m[new], E)
+        loose = [np.greater(x, limit) for x in sh]  # not (one of) the flow's tightest links
+        ok.fill(True)  # links none of whose flows has a tighter link elsewhere: bottlenecks
+        for r, lo in zip(rows, loose):
+            ok[np.compress(lo, r)] = False
+        new = functools.reduce(np.logical_or, [np.greater(ok.take(r), lo) for r, lo in zip(rows, loose)])
+        m_new = np.compress(new, m)
+        rate[np.compress(new, ids)] = m_new
+        gone = np.stack([np.compress(new, r) for r in rows], axis=1).ravel()  # flow by flow
+        n -= np.bincount(gone, minlength=E + 1)[:E]
+        left -= np.bincount(gone, weights=np.repeat(m_new, len(rows)), minlength=E + 1)[:E]
         np.maximum(left, 0.0, out=left)
         keep = ~new
-        ids, pad = ids[keep], pad[:, keep]
+        ids, rows = np.compress(keep, ids), [np.compress(keep, r) for r in rows]
     return rate
 
 
