@@ -55,7 +55,7 @@ class Incidence:
 
     def subset(self, keep: np.ndarray) -> "Incidence":
         """The flows where `keep [F]` is true, renumbered in order."""
-        return Incidence(self.pad[:, keep], self.num_links)
+        return Incidence(self.pad.compress(keep, axis=1), self.num_links)
 
     def link_sum(self, weights: np.ndarray | None = None) -> np.ndarray:
         """Per link, the number (or the sum of `weights [F]`) of its flows, `[num_links]`;
@@ -72,6 +72,8 @@ def _shared_bottleneck(inc: Incidence, capacity: np.ndarray) -> float | None:
     """The capacity of a link that every flow crosses, if no other link on their paths is
     slower (then no other link can ever bind); else None."""
     F = inc.pad.shape[1]
+    if not set(inc.pad[:, 0].tolist()) & set(inc.pad[:, -1].tolist()) - {inc.num_links}:
+        return None  # the first and last flows share no link (the common case): no count
     count = inc.link_sum()
     common = np.flatnonzero(count == F)
     if not len(common):
@@ -84,21 +86,23 @@ def _shared_bottleneck(inc: Incidence, capacity: np.ndarray) -> float | None:
 def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
                   active: np.ndarray | None = None) -> np.ndarray:
     """Max-min fair rates `[F]` of the `active [F]` flows (others get 0), every flow having at
-    least one link, `capacity [E]`. Each round works on the unfrozen flows only: a link is a
-    bottleneck when none of its flows has a tighter link (`share[l] <= m[f]` for all its
-    flows f, m = the flow's tightest share); flows on a bottleneck at their tightest share
-    freeze at it. Per-link counts and freed capacity are updated from the newly frozen flows."""
+    least one link, `capacity [E]`. A link is a bottleneck when none of its unfrozen flows has
+    a tighter link (`share[l] <= m[f]` for all its flows f, m = the flow's tightest share);
+    flows on a bottleneck at their tightest share freeze at it. Per-link counts and freed
+    capacity are updated from the newly frozen flows only; the working arrays are compacted
+    when a quarter of them is frozen, else frozen flows are parked on the dummy link."""
     if sp.issparse(inc):
         inc = Incidence.from_csr(sp.csr_matrix(inc))
     F, E = inc.pad.shape[1], inc.num_links
     rate = np.zeros(F)
     ids = np.arange(F) if active is None else np.flatnonzero(active)
-    rows = [np.ascontiguousarray(r if len(ids) == F else r[ids]) for r in inc.pad]  # D x [F]
+    rows = [r.take(ids) for r in inc.pad]  # D x [F], own copies (frozen flows are overwritten)
     left = capacity.astype(np.float64).copy()
     n = _link_sum(np.stack(rows), None, E)
     share = np.full(E + 1, np.inf)  # the last slot is the padding's dummy link
     ok = np.empty(E + 1, bool)
-    while len(ids):
+    todo, width = len(ids), len(ids)  # unfrozen flows; flows in the working arrays
+    while todo:
         share[:E] = np.inf
         np.divide(left, n, out=share[:E], where=n > 0)
         sh = [share.take(r) for r in rows]  # each flow's share on each of its links
@@ -108,15 +112,23 @@ def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
         ok.fill(True)  # links none of whose flows has a tighter link elsewhere: bottlenecks
         for r, lo in zip(rows, loose):
             ok[np.compress(lo, r)] = False
+        ok[E] = False  # frozen flows left in the arrays point only at E: never new again
         new = functools.reduce(np.logical_or, [np.greater(ok.take(r), lo) for r, lo in zip(rows, loose)])
-        m_new = np.compress(new, m)
-        rate[np.compress(new, ids)] = m_new
-        gone = np.stack([np.compress(new, r) for r in rows], axis=1).ravel()  # flow by flow
+        sel = np.flatnonzero(new)
+        m_new = m.take(sel)
+        rate[ids.take(sel)] = m_new
+        gone = np.stack([r.take(sel) for r in rows], axis=1).ravel()  # flow by flow
         n -= np.bincount(gone, minlength=E + 1)[:E]
         left -= np.bincount(gone, weights=np.repeat(m_new, len(rows)), minlength=E + 1)[:E]
         np.maximum(left, 0.0, out=left)
-        keep = ~new
-        ids, rows = np.compress(keep, ids), [np.compress(keep, r) for r in rows]
+        todo -= len(sel)
+        if 4 * todo < 3 * width:  # a quarter of the working arrays is frozen: compact them
+            keep = ~new & (rows[0] != E)
+            ids, rows = np.compress(keep, ids), [np.compress(keep, r) for r in rows]
+            width = len(ids)
+        else:  # few froze (late rounds): park them on the dummy link instead of copying all
+            for r in rows:
+                r[sel] = E
     return rate
 
 
