@@ -36,7 +36,7 @@ _EPS = 1e-12
 class Incidence:
     """Flows x links as a padded table.
 
-    pad: int32 [D, F] each flow's links (D = most links on one flow), padded with num_links,
+    pad: intp [D, F] each flow's links (D = most links on one flow), padded with num_links,
          a dummy link of infinite share; read column by column it lists each flow's links in
          flow order, the order every per-link sum below accumulates in (deterministic)
     """
@@ -49,7 +49,7 @@ class Incidence:
         indptr = a.indptr.astype(np.int64)
         deg = np.diff(indptr)
         owner = np.repeat(np.arange(a.shape[0]), deg)
-        pad = np.full((int(deg.max(initial=1)), a.shape[0]), a.shape[1], np.int32)
+        pad = np.full((int(deg.max(initial=1)), a.shape[0]), a.shape[1], np.intp)
         pad[np.arange(len(owner)) - indptr[owner], owner] = a.indices
         return cls(pad, a.shape[1])
 
@@ -96,7 +96,8 @@ def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
     F, E = inc.pad.shape[1], inc.num_links
     rate = np.zeros(F)
     ids = np.arange(F) if active is None else np.flatnonzero(active)
-    rows = [r.take(ids) for r in inc.pad]  # D x [F], own copies (frozen flows are overwritten)
+    rows = [r.take(ids).astype(np.intp, copy=False) for r in inc.pad]  # D x [F], own copies
+    # (frozen flows get overwritten); intp: take() converts any other index type, slowly
     left = capacity.astype(np.float64).copy()
     n = _link_sum(np.stack(rows), None, E)
     share = np.full(E + 1, np.inf)  # the last slot is the padding's dummy link
@@ -302,12 +303,13 @@ class RateSolver:
         E, B = len(self.capacity), len(pending)
         D = max(inc.pad.shape[0] for _, _, inc in pending)
         pads = []
-        for b, (_, _, inc) in enumerate(pending):
-            p = np.where(inc.pad == E, B * E, inc.pad + b * E)  # the dummy link stays last
+        for b, (_, _, inc) in enumerate(pending):  # block b: links b (E + 1) + [0, E], E = its dummy
+            p = inc.pad + b * (E + 1)
             if p.shape[0] < D:
-                p = np.vstack([p, np.full((D - p.shape[0], p.shape[1]), B * E, p.dtype)])
+                p = np.vstack([p, np.full((D - p.shape[0], p.shape[1]), b * (E + 1) + E, p.dtype)])
             pads.append(p)
-        rate = max_min_rates(Incidence(np.concatenate(pads, axis=1), B * E), np.tile(self.capacity, B))
+        capacity = np.tile(np.append(self.capacity, np.inf), B)  # a dummy's share stays inf
+        rate = max_min_rates(Incidence(np.concatenate(pads, axis=1), B * (E + 1)), capacity)
         bounds = np.cumsum([0] + [p.shape[1] for p in pads])
         for b, (_, ev, _) in enumerate(pending):
             ev.succeed(rate[bounds[b]:bounds[b + 1]])
