@@ -99,7 +99,7 @@ def max_min_rates(inc: "Incidence | sp.csr_matrix", capacity: np.ndarray,
     rows = [r.take(ids).astype(np.intp, copy=False) for r in inc.pad]  # D x [F], own copies
     # (frozen flows get overwritten); intp: take() converts any other index type, slowly
     left = capacity.astype(np.float64).copy()
-    n = _link_sum(np.stack(rows), None, E)
+    n = sum(np.bincount(r, minlength=E + 1)[:E] for r in rows)
     share = np.full(E + 1, np.inf)  # the last slot is the padding's dummy link
     ok = np.empty(E + 1, bool)
     todo, width = len(ids), len(ids)  # unfrozen flows; flows in the working arrays
