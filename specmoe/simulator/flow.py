@@ -209,11 +209,13 @@ class FlowNetwork:
             ends = rem / rate
             first = ends.min()
             done = ends <= first + window + _EPS * first
-            dt = float(ends[done].max())
+            ends_done = np.compress(done, ends)
+            dt = float(ends_done.max())
             yield env.timeout(dt)
-            finish[ids[done]] = env.now - t0 - (dt - ends[done])
+            finish[np.compress(done, ids)] = env.now - t0 - (dt - ends_done)
             keep = ~done
-            ids, rem, inc = ids[keep], (rem - rate * dt)[keep], inc.subset(keep)
+            rem -= rate * dt
+            ids, rem, inc = np.compress(keep, ids), np.compress(keep, rem), inc.subset(keep)
         out.update(transfer_s=env.now - t0, finish=finish, rows=rows, recomputations=recomputations)
 
     def _drain(self, env, t0, cap: float, ids, rem, finish):
