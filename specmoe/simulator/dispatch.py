@@ -93,6 +93,8 @@ def _replica_phys(phy2log_l: np.ndarray, E: int) -> tuple[np.ndarray, np.ndarray
 
 def _check_ids(ids: np.ndarray, E: int) -> bool:
     """InputError unless every id is in [-1, E); returns whether any is -1."""
+    if ids.dtype.kind == "i" and ids.size and int(ids.view(f"u{ids.itemsize}").max()) < E:
+        return False  # one pass: negative ids read as unsigned are huge, so all are in [0, E)
     lo, hi = int(ids.min(initial=0)), int(ids.max(initial=0))
     if lo < -1 or hi >= E:
         raise InputError("topk_ids", "", f"expert id {lo if lo < -1 else hi} outside [-1, {E})")
@@ -116,7 +118,7 @@ def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: 
     expert_tokens = np.zeros((L, P), np.int64)
     routed = np.zeros((ep, L), np.int64)
     sent, received = np.zeros((ep, L), np.int64), np.zeros((L, ep), np.int64)
-    block = max(1, 262144 // (L * ep))  # source ranks per histogram of <= 256k bins
+    block = max(1, 65536 // (L * ep))  # source ranks per histogram of <= 64k bins (in L2)
     for s0, chunk, local in _source_blocks(phys, src, ep, block):
         nb = min(block, ep - s0)
         has_none = _check_ids(chunk, P)  # physical ids (== logical ones when contiguous)
