@@ -8,8 +8,8 @@ links freeze their flows at once (Bertsekas & Gallager, Data Networks, 2nd ed., 
 the parallel form needs far fewer rounds than one link per round). All copies between one
 pair of GPUs form one flow. Several collectives simulated together (`simulate_many`, one
 simpy environment each) have their rate recomputations answered in one batch (RateSolver):
-late rounds of progressive filling touch few flows, so one round for all collectives costs
-about what one round for one did.
+most rounds of progressive filling freeze only a few flows, so for one collective their cost
+is mostly fixed per-call overhead, which the batch pays once for all collectives.
 
 A collective costs `alpha + transfer + steps * max_path_latency`: the NCCL floor
 (`collective_latency_us`) to launch and synchronise, the fluid transfer, and the propagation of
