@@ -140,9 +140,9 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output", default=str(Path(__file__).parent / "results" / "simulator.json"))
     args = ap.parse_args(argv)
     rows = [step_case("32x8-h100-ib400", "analytic", 0.05, 5),
-            step_case("8x8-h100-ib400", "flow", 1.0, 1)]
+            step_case("8x8-h100-ib400", "flow", 1.0, 3)]
     if not args.quick:
-        rows.append(step_case("32x8-h100-ib400", "flow", 10.0, 1))
+        rows.append(step_case("32x8-h100-ib400", "flow", 10.0, 3))
     rows.append(serve_case(3600, 60.0))
     model, cluster = load_model("deepseek-v3"), load_cluster("32x8-h100-ib400")
     ids = synthetic_topk(model, 128 * cluster.num_gpus, seed=0)

@@ -93,6 +93,8 @@ def _replica_phys(phy2log_l: np.ndarray, E: int) -> tuple[np.ndarray, np.ndarray
 
 def _check_ids(ids: np.ndarray, E: int) -> bool:
     """InputError unless every id is in [-1, E); returns whether any is -1."""
+    if ids.dtype.kind == "i" and ids.size and int(ids.view(f"u{ids.itemsize}").max()) < E:
+        return False  # one pass: negative ids read as unsigned are huge, so all are in [0, E)
     lo, hi = int(ids.min(initial=0)), int(ids.max(initial=0))
     if lo < -1 or hi >= E:
         raise InputError("topk_ids", "", f"expert id {lo if lo < -1 else hi} outside [-1, {E})")
@@ -116,11 +118,10 @@ def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: 
     expert_tokens = np.zeros((L, P), np.int64)
     routed = np.zeros((ep, L), np.int64)
     sent, received = np.zeros((ep, L), np.int64), np.zeros((L, ep), np.int64)
-    block = max(1, 262144 // (L * ep))  # source ranks per histogram of <= 256k bins
+    block = max(1, 65536 // (L * ep))  # source ranks per histogram of <= 64k bins (in L2)
     for s0, chunk, local in _source_blocks(phys, src, ep, block):
         nb = min(block, ep - s0)
         has_none = _check_ids(chunk, P)  # physical ids (== logical ones when contiguous)
-        # int32 keys: a block's histogram has < 2**31 bins, and int32 halves the memory traffic
         layer_off = np.arange(L, dtype=np.int32).reshape((1,) * (chunk.ndim - 2) + (L, 1))
         dst = chunk // per_rank if per_rank > 1 else chunk  # [..., L, K]; -1 stays negative
         valid = chunk >= 0 if has_none or per_rank > 1 else None
@@ -128,7 +129,7 @@ def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: 
             for k in range(1, K):
                 for j in range(k):
                     valid[..., k] &= dst[..., k] != dst[..., j]
-        key = (local.astype(np.int32) * L + layer_off) * ep + dst
+        key = _keys(dst, local, L, ep)
         dump = nb * L * ep
         if valid is not None:
             key = np.where(valid, key, dump)
@@ -149,6 +150,21 @@ def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: 
         expert_tokens = received
     return Dispatch(copies, expert_tokens, tokens_per_gpu, np.ascontiguousarray(routed.T),
                     sent, received)
+
+
+def _keys(dst: np.ndarray, local: np.ndarray, L: int, ep: int) -> np.ndarray:
+    """Histogram keys `(local * L + layer) * ep + dst`, int64 `dst.shape` (`dst [..., L, K]`,
+    `local` broadcastable to it). The offset is expanded over (L, K) first so the add runs
+    over long contiguous rows (a broadcast over the last axis of K runs in loops of K), and
+    the sum is int64 as np.bincount wants (an int32 key would be converted, another pass)."""
+    K = dst.shape[-1]
+    off = np.repeat(np.arange(L, dtype=np.int64) * ep, K)  # [L * K]
+    if dst.ndim == 4:  # round-robin view `[T / ep, nb, L, K]`: source = column
+        nb = local.size
+        whole = (np.arange(nb, dtype=np.int64)[:, None] * (L * ep) + off).reshape(nb, L, K)
+        return np.add(dst, whole, dtype=np.int64)
+    base = local.reshape(-1, 1).astype(np.int64) * (L * ep)  # [n, 1]
+    return np.add(dst.reshape(len(base), L * K), base + off, dtype=np.int64).reshape(dst.shape)
 
 
 def _source_blocks(phys: np.ndarray, src: np.ndarray, ep: int, block: int):

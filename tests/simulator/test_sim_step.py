@@ -137,6 +137,8 @@ def test_bad_routing_and_ep_rejected(model):
         simulate_step(model, switch_cluster(4), topk_ids=ids[:, :1])
     with pytest.raises(InputError, match="expert id"):
         simulate_step(model, switch_cluster(4), topk_ids=ids + 8)
+    with pytest.raises(InputError, match="expert id -2"):  # below -1 (unsigned fast check)
+        simulate_step(model, switch_cluster(4), topk_ids=ids - 2)
     with pytest.raises(InputError):
         simulate_step(model, switch_cluster(4), ep=5, topk_ids=ids)
     with pytest.raises(InputError, match="not divisible"):
