@@ -96,8 +96,8 @@ def _fit_rank_rates(trace: dict, k: int = 8) -> list[float]:
     return [max(a / o, 1e-3) if o else 1e-3 for a, o in zip(acc, off)]
 
 
-def probe(device: str) -> None:
-    """Forward times (CUDA graph replay) of SmolLM2-135M's shapes with random weights, no GGUF."""
+def random_smollm2(device: str):
+    """SmolLM2-135M's shapes with random weights (no GGUF needed)."""
     import numpy as np
 
     from specmoe.runtime.specdec.gguf_load import LlamaConfig
@@ -111,7 +111,12 @@ def probe(device: str) -> None:
     for i in range(30):
         for k, sh in shapes.items():
             w[f"{i}.{k}"] = (np.ones(sh) if len(sh) == 1 else rng.normal(0, 0.02, sh)).astype(np.float32)
-    m = Llama(cfg, w, device=device)
+    return Llama(cfg, w, device=device)
+
+
+def probe(device: str) -> None:
+    """Forward times (CUDA graph replay) of SmolLM2-135M's shapes with random weights, no GGUF."""
+    m = random_smollm2(device)
     for graphs in ((True, False) if device == "cuda" else (False,)):
         dec = Decoder(m, 800, draft=EarlyExitDraft(m, 10), use_graphs=graphs)
         dec.cache.n = 500
