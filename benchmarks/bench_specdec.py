@@ -122,7 +122,7 @@ def probe(device: str) -> None:
         dec.cache.n = 500
         for tree in (constant_branching([]), constant_branching([4, 2, 1]), default_template()):
             st = dec._step_setup(tree)
-            fns = {"verify": st["verify"], "draft_level": st["draft"][0] if st["draft"] else None}
+            fns = {"verify": dec.verify_runner(st), "draft_level": st["draft"][0] if st["draft"] else None}
             for name, fn in fns.items():
                 if fn is None:
                     continue

@@ -101,13 +101,20 @@ class Decoder:
             h = m.hidden(tok, pos, slots, mask, self.cache, layers=range(split, m.cfg.n_layers), h=h_mid)
             return m.logits(h), h_mid
 
-        if self.draft is not None:  # RSD's runners (recycling steps run `_recycling_graph`)
-            st["verify"] = _Runner(verify, self.use_graphs)
+        # built on first use: recycling steps run `_recycling_graph` and never capture this one
+        st["verify_fn"], st["verify"] = verify, None
+        if self.draft is not None:  # RSD's draft-level runners
             st["levels"] = [np.nonzero(tree.depth == d)[0] for d in range(int(tree.depth.max()) + 1)]
             st["draft"] = [self._draft_runner(tok, torch.as_tensor(lv, device=dev), depth, anc)
                            for lv in st["levels"][:-1]]
         self._trees[key] = st
         return st
+
+    def verify_runner(self, st: dict) -> "_Runner":
+        """The verify forward of a `_tree` entry: (logits [T, V], mid hidden or None)."""
+        if st["verify"] is None:
+            st["verify"] = _Runner(st["verify_fn"], self.use_graphs)
+        return st["verify"]
 
     def _draft_runner(self, tok, idx, depth, anc):
         lo, hi = int(idx[0]), int(idx[-1]) + 1  # levels are contiguous (BFS numbering)
@@ -295,7 +302,7 @@ class Decoder:
                 q_int.append(logq.exp())
                 kids = rsd.gumbel_topk(logq, b, self.gen)
             tok[int(levels[d + 1][0]): int(levels[d + 1][-1]) + 1] = kids.reshape(-1)
-        logits, h_mid = st["verify"]()
+        logits, h_mid = self.verify_runner(st)()
         n_int = sum(len(lv) for lv in levels[:-1])
         if temperature == 0:
             choice = logits.argmax(-1)

@@ -53,7 +53,7 @@ def test_logits_close_to_transformers(hf_model):
     dec2.prefill(ids)  # the last prompt token goes through a one-token step
     st = dec2._step_setup(chain(0))
     st["tok"][0] = ids[-1]
-    ours = torch.log_softmax(st["verify"]()[0][0], -1)
+    ours = torch.log_softmax(dec2.verify_runner(st)()[0][0], -1)
     assert (ours - ref).abs().max().item() < 2e-3
 
 
