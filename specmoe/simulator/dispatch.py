@@ -9,7 +9,10 @@ layer (ties to the lower rank), tokens taken in order: deterministic.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -105,7 +108,7 @@ def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: 
     """Dispatch counts for `topk_ids [T, L, K]` (-1 = none), `token2gpu [T]`, `phy2log [L, P]`.
 
     Counting (and the id range check) runs over blocks of source ranks, so each block's data
-    and histogram stay in cache."""
+    and histogram stay in cache; large routings count the blocks on a thread pool."""
     T, L, K = topk_ids.shape
     P = phy2log.shape[1]
     per_rank = P // ep
@@ -119,37 +122,66 @@ def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: 
     routed = np.zeros((ep, L), np.int64)
     sent, received = np.zeros((ep, L), np.int64), np.zeros((L, ep), np.int64)
     block = max(1, 65536 // (L * ep))  # source ranks per histogram of <= 64k bins (in L2)
-    for s0, chunk, local in _source_blocks(phys, src, ep, block):
-        nb = min(block, ep - s0)
-        has_none = _check_ids(chunk, P)  # physical ids (== logical ones when contiguous)
-        layer_off = np.arange(L, dtype=np.int32).reshape((1,) * (chunk.ndim - 2) + (L, 1))
-        dst = chunk // per_rank if per_rank > 1 else chunk  # [..., L, K]; -1 stays negative
-        valid = chunk >= 0 if has_none or per_rank > 1 else None
-        if per_rank > 1:  # two experts of a token on one GPU: one copy (top-k ids are distinct)
-            for k in range(1, K):
-                for j in range(k):
-                    valid[..., k] &= dst[..., k] != dst[..., j]
-        key = _keys(dst, local, L, ep)
-        dump = nb * L * ep
-        if valid is not None:
-            key = np.where(valid, key, dump)
-        blk = np.bincount(key.ravel(), minlength=dump + 1)[:dump].reshape(nb, L, ep)
+    count = partial(_count_block, L=L, P=P, K=K, ep=ep, block=block, per_rank=per_rank,
+                    per_expert=per_expert, tokens_per_gpu=tokens_per_gpu)
+    blocks = _source_blocks(phys, src, ep, block)
+    # numpy's bincount and ufuncs release the GIL: large routings count blocks on threads;
+    # each block writes its own rows, so the result does not depend on the thread count
+    parts = _pool().map(count, blocks) if phys.size >= _PARALLEL_MIN else map(count, blocks)
+    for s0, blk, sent_b, received_b, routed_b, experts_b in parts:
+        nb = len(blk)
         copies[s0:s0 + nb] = blk
-        sent[s0:s0 + nb] = blk.sum(axis=2)  # sums while the block is in cache
-        received += blk.sum(axis=0)
-        if per_expert:
-            ok = chunk >= 0
-            expert_tokens += np.bincount((layer_off.astype(np.int64) * P + chunk)[ok], minlength=L * P).reshape(L, P)
-        if has_none:
-            used = (chunk >= 0).any(axis=-1).reshape(-1, L)  # [n, L]
-            who = np.broadcast_to(local, chunk.shape).reshape(-1, L, chunk.shape[-1])[:, 0, 0]
-            routed[s0:s0 + nb] = np.stack([np.bincount(who, used[:, l], minlength=nb) for l in range(L)], axis=1)
-        else:
-            routed[s0:s0 + nb] = tokens_per_gpu[s0:s0 + nb, None]
+        sent[s0:s0 + nb] = sent_b
+        received += received_b
+        routed[s0:s0 + nb] = routed_b
+        if experts_b is not None:
+            expert_tokens += experts_b
     if not per_expert:  # dst is the physical expert: its tokens are the column sums
         expert_tokens = received
     return Dispatch(copies, expert_tokens, tokens_per_gpu, np.ascontiguousarray(routed.T),
                     sent, received)
+
+
+def _count_block(item, *, L, P, K, ep, block, per_rank, per_expert, tokens_per_gpu):
+    """One block of source ranks: (first rank, copies `[nb, L, ep]`, sent `[nb, L]`, received
+    `[L, ep]`, routed `[nb, L]`, expert token counts `[L, P]` or None)."""
+    s0, chunk, local = item
+    nb = min(block, ep - s0)
+    has_none = _check_ids(chunk, P)  # physical ids (== logical ones when contiguous)
+    dst = chunk // per_rank if per_rank > 1 else chunk  # [..., L, K]; -1 stays negative
+    valid = chunk >= 0 if has_none or per_rank > 1 else None
+    if per_rank > 1:  # two experts of a token on one GPU: one copy (top-k ids are distinct)
+        for k in range(1, K):
+            for j in range(k):
+                valid[..., k] &= dst[..., k] != dst[..., j]
+    key = _keys(dst, local, L, ep)
+    dump = nb * L * ep
+    if valid is not None:
+        key = np.where(valid, key, dump)
+    blk = np.bincount(key.ravel(), minlength=dump + 1)[:dump].reshape(nb, L, ep)
+    experts = None
+    if per_expert:
+        ok = chunk >= 0
+        layer_off = np.arange(L, dtype=np.int64).reshape((1,) * (chunk.ndim - 2) + (L, 1))
+        experts = np.bincount((layer_off * P + chunk)[ok], minlength=L * P).reshape(L, P)
+    if has_none:
+        used = (chunk >= 0).any(axis=-1).reshape(-1, L)  # [n, L]
+        who = np.broadcast_to(local, chunk.shape).reshape(-1, L, chunk.shape[-1])[:, 0, 0]
+        routed = np.stack([np.bincount(who, used[:, l], minlength=nb) for l in range(L)], axis=1)
+    else:
+        routed = np.broadcast_to(tokens_per_gpu[s0:s0 + nb, None], (nb, L))
+    return s0, blk, blk.sum(axis=2), blk.sum(axis=0), routed, experts  # sums while in cache
+
+
+_PARALLEL_MIN = 1 << 22  # routing entries (T * L * K) worth a thread pool (~4M: a few ms)
+_POOL: list = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                        thread_name_prefix="specmoe-route"))
+    return _POOL[0]
 
 
 def _keys(dst: np.ndarray, local: np.ndarray, L: int, ep: int) -> np.ndarray:

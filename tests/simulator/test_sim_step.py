@@ -5,6 +5,7 @@ import pytest
 
 from specmoe.errors import InputError
 from specmoe.simulator.dispatch import route
+from specmoe.simulator.routing import synthetic_topk
 from specmoe.simulator.step import simulate_step
 from specmoe.specs import load_cluster, load_model
 
@@ -143,3 +144,22 @@ def test_bad_routing_and_ep_rejected(model):
         simulate_step(model, switch_cluster(4), ep=5, topk_ids=ids)
     with pytest.raises(InputError, match="not divisible"):
         simulate_step(model, switch_cluster(4), ep=3, topk_ids=ids)
+
+
+def test_route_is_the_same_counted_on_threads(monkeypatch):
+    """The thread pool for large routings changes nothing: a skipped layer's -1s, several
+    experts per rank, arbitrary and round-robin token placement; threaded == serial."""
+    from specmoe.simulator import dispatch
+    model = load_model("deepseek-v3")
+    ids = synthetic_topk(model, 32 * 16, seed=1)
+    ids[::7, 3, :] = -1
+    p2l = dispatch.default_phy2log(model, 16)
+    fields = ("copies", "expert_tokens", "tokens_per_gpu", "routed", "sent", "received")
+    for src in (np.random.default_rng(0).integers(0, 16, len(ids)), np.arange(len(ids)) % 16):
+        monkeypatch.setattr(dispatch, "_PARALLEL_MIN", 1 << 60)
+        serial = dispatch.route(ids, src, p2l, 16)
+        monkeypatch.setattr(dispatch, "_PARALLEL_MIN", 0)
+        threaded = dispatch.route(ids, src, p2l, 16)
+        for f in fields:
+            np.testing.assert_array_equal(getattr(serial, f), getattr(threaded, f), err_msg=f)
+        assert serial.copies.sum() > 0
