@@ -213,9 +213,8 @@ class Decoder:
                 choice = logits.argmax(-1)
             else:                                   # Gumbel-max: one exact sample per node
                 choice = (logits / temp - torch.log(-torch.log(noise.clamp(1e-20, 1.0)))).argmax(-1)
-            if tree.size > 1:  # autoregressive decoding keeps no adjacency on the baseline's clock
+            if tree.size > 1:  # (AR keeps no adjacency on the baseline's clock)
                 recycling.update_adjacency_(self.adj, tok, logits.topk(self.adj.shape[1], -1).indices, dt)
-            if tree.size > 1:
                 n_acc, path, bonus = recycling.walk_tree_(tok, choice, dt)
                 self.cache.compact_device_(path, self.n_buf)
             else:                                   # one token: nothing to walk or compact
@@ -266,8 +265,6 @@ class Decoder:
 
     def _recycling_loop(self, root: int, tree: TreeTemplate, temperature: float, max_new: int,
                         eos: int | None):
-        if self.cache.n + tree.size > self.max_len:
-            raise ValueError("KV cache full: raise max_len")
         st = self._recycling_graph(tree, temperature)
         tok, d = st["tok"], st["depth"]
         self.n_buf.fill_(self.cache.n)
