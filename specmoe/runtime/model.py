@@ -107,8 +107,9 @@ class Attention(nn.Module):
 class MLAttention(nn.Module):
     """DeepSeek multi-head latent attention, absorbed decode form (DeepSeek-V2 §2.1.3).
 
-    Weights as in the checkpoint (q_proj, kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj,
-    o_proj); W_UK is absorbed into the query and W_UV applied after attention, so attention is
+    Weights as in the checkpoint (q_proj, or q_a_proj, q_a_layernorm and q_b_proj with a query
+    LoRA; kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj); rotary columns in the
+    half-split layout (checkpoint.py de-interleaves DeepSeek's pairs on loading); W_UK is absorbed into the query and W_UV applied after attention, so attention is
     MQA over the cached latent [c_kv (rank), k_rope]: scores q_lat . c_kv + q_rope . k_rope,
     softmax scale 1/sqrt(nope + rope) as in the original.
     """
@@ -118,7 +119,12 @@ class MLAttention(nn.Module):
         self.cfg, self.layer = cfg, layer
         h, nh, r = cfg.hidden_size, cfg.num_heads, cfg.kv_lora_rank
         self.nope, self.rope = cfg.qk_nope_head_dim, cfg.rope_dim
-        self.q_proj = nn.Linear(h, nh * (self.nope + self.rope), bias=False)
+        if cfg.q_lora_rank:  # query LoRA (V2, V3): q_b_proj(norm(q_a_proj(x)))
+            self.q_a_proj = nn.Linear(h, cfg.q_lora_rank, bias=False)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg.rms_eps)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, nh * (self.nope + self.rope), bias=False)
+        else:
+            self.q_proj = nn.Linear(h, nh * (self.nope + self.rope), bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(h, r + self.rope, bias=False)
         self.kv_a_layernorm = RMSNorm(r, cfg.rms_eps)
         self.kv_b_proj = nn.Linear(r, nh * (self.nope + cfg.v_dim), bias=False)
@@ -128,7 +134,8 @@ class MLAttention(nn.Module):
         cfg = self.cfg
         b, s, _ = x.shape
         nh, r, vd = cfg.num_heads, cfg.kv_lora_rank, cfg.v_dim
-        q = self.q_proj(x).view(b, s, nh, self.nope + self.rope)
+        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if cfg.q_lora_rank else self.q_proj(x)
+        q = q.view(b, s, nh, self.nope + self.rope)
         q_nope, q_rope = q[..., :self.nope], _apply_rope(q[..., self.nope:], cos, sin)
         kv = self.kv_a_proj_with_mqa(x)  # [B, S, r + rope]
         c = self.kv_a_layernorm(kv[..., :r])
@@ -184,11 +191,27 @@ class Router(nn.Module):
         else:
             scores = logits.sigmoid()
         choice = scores + self.e_score_correction_bias if cfg.score_bias else scores
+        if cfg.n_group > 1:
+            choice = _group_limit(choice, cfg)
         ids = choice.topk(cfg.top_k, dim=-1).indices
         w = scores.gather(-1, ids)
         if cfg.norm_topk_prob:
             w = w / w.sum(-1, keepdim=True)
         return ids, w * cfg.routed_scaling_factor
+
+
+def _group_limit(choice, cfg: MoEConfig):
+    """choice [T, E] -> same with experts outside each token's topk_group best groups at -inf.
+
+    A group's score is its best expert's (V2 group_limited_greedy) or the sum of its two best
+    (V3 noaux_tc, on the biased scores); DeepSeek-V2 paper §3.3 (device-limited routing) and
+    DeepSeek-V3 §2.1.2. -inf rather than V2's 0 changes nothing: softmax scores are > 0.
+    """
+    t = choice.shape[0]
+    g = choice.view(t, cfg.n_group, -1)  # [T, G, E/G]
+    gs = g.max(-1).values if cfg.group_score == "max" else g.topk(2, dim=-1).values.sum(-1)
+    keep = torch.zeros_like(gs, dtype=torch.bool).scatter_(1, gs.topk(cfg.topk_group, dim=-1).indices, True)
+    return g.masked_fill(~keep[..., None], float("-inf")).view(t, -1)
 
 
 class Experts(nn.Module):

@@ -1,0 +1,145 @@
+"""DeepSeek-V2/V3 checkpoints: what the oracle test (test_model_oracle) relies on is really
+exercised (group-limited routing, score bias, dense first layer, shared experts, query LoRA),
+decoding through the latent cache, and refusals of what is not built."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from specmoe.errors import InputError
+from specmoe.runtime.checkpoint import load_hf
+from specmoe.runtime.config import from_spec
+from specmoe.runtime.model import KVCache, MoEModel
+
+
+def _ids(vocab, b=2, s=7, seed=0):
+    return torch.randint(0, vocab, (b, s), generator=torch.Generator().manual_seed(seed))
+
+
+def _set_router_cfg(model, **changes):
+    for layer in model.layers:
+        if layer.is_moe:
+            layer.mlp.gate.cfg = dataclasses.replace(layer.mlp.gate.cfg, **changes)
+
+
+@pytest.mark.parametrize("fixture", ["deepseek_v2_ckpt", "deepseek_v3_ckpt"])
+def test_structure_read_from_config(fixture, request):
+    path, hf = request.getfixturevalue(fixture)
+    m = load_hf(path)
+    c = m.cfg
+    assert c.dense_layers == (0,) and c.moe_layers == (1, 2)
+    assert c.shared_ffn == 2 * 16 and c.n_group == 4 and c.topk_group == 2
+    assert c.routed_scaling_factor == hf.config.routed_scaling_factor
+    v3 = fixture == "deepseek_v3_ckpt"
+    assert (c.scoring, c.score_bias, c.group_score, c.norm_topk_prob) == (
+        ("sigmoid", True, "top2sum", True) if v3 else ("softmax", False, "max", False))
+    assert c.q_lora_rank == (10 if v3 else 0)
+
+
+@pytest.mark.parametrize("fixture", ["deepseek_v2_ckpt", "deepseek_v3_ckpt"])
+@pytest.mark.parametrize("change", [dict(n_group=1), dict(group_score="swap"), dict(scoring="swap"),
+                                    dict(routed_scaling_factor=1.0)])
+def test_each_routing_feature_changes_the_logits(fixture, change, request):
+    """Dropping group limits, swapping the group score or the scoring function, or the scaling,
+    moves the logits far beyond the oracle tolerance: the oracle comparison sees each of them."""
+    path, hf = request.getfixturevalue(fixture)
+    m = load_hf(path)
+    if change.get("group_score") == "swap":
+        change = dict(group_score="max" if m.cfg.group_score == "top2sum" else "top2sum")
+    if change.get("scoring") == "swap":
+        change = dict(scoring="sigmoid" if m.cfg.scoring == "softmax" else "softmax")
+    if change.get("routed_scaling_factor") and hf.config.routed_scaling_factor == 1.0:
+        pytest.skip("no scaling to drop")
+    ids = _ids(m.cfg.vocab_size, s=9, seed=5)
+    with torch.no_grad():
+        base = m(ids)
+        _set_router_cfg(m, **change)
+        moved = m(ids)
+    assert (moved - base).abs().max().item() > 1e-3, change
+
+
+def test_score_bias_changes_the_choice(deepseek_v3_ckpt):
+    path, _ = deepseek_v3_ckpt
+    m = load_hf(path)
+    ids = _ids(m.cfg.vocab_size, s=9, seed=6)
+    with torch.no_grad():
+        base = m(ids)
+        for layer in m.layers:
+            if layer.is_moe:
+                layer.mlp.gate.e_score_correction_bias.zero_()
+        assert (m(ids) - base).abs().max().item() > 1e-3
+
+
+def test_deepseek_incremental_decode_matches_full_forward(deepseek_v3_ckpt):
+    path, _ = deepseek_v3_ckpt
+    m = load_hf(path)
+    ids = _ids(m.cfg.vocab_size, b=2, s=6, seed=3)
+    with torch.no_grad():
+        full = m(ids)
+        cache = KVCache(m.cfg, batch=2, max_len=8, device="cpu", dtype=torch.float32)
+        pre = m(ids[:, :4], cache=cache)
+        steps = [m(ids[:, i:i + 1], cache=cache) for i in (4, 5)]
+    assert (torch.cat([pre] + steps, dim=1) - full).abs().max().item() < 1e-5
+
+
+def _copy_ckpt(path, tmp_path, edit_cfg=None, edit_state=None):
+    from safetensors.torch import load_file, save_file
+    cfg = json.loads((path / "config.json").read_text())
+    state = load_file(str(path / "model.safetensors"))
+    if edit_cfg:
+        edit_cfg(cfg)
+    if edit_state:
+        edit_state(state)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    save_file(state, str(tmp_path / "model.safetensors"))
+    return tmp_path
+
+
+def test_yarn_rope_is_refused(deepseek_v2_ckpt, tmp_path):
+    def yarn(c):
+        c["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4,
+                                "original_max_position_embeddings": 16}
+    with pytest.raises(InputError, match=r"config\.json: rope_parameters\.rope_type: .*yarn"):
+        load_hf(_copy_ckpt(deepseek_v2_ckpt[0], tmp_path, edit_cfg=yarn))
+
+
+def test_quantised_checkpoint_is_refused(deepseek_v3_ckpt, tmp_path):
+    def fp8(c):
+        c["quantization_config"] = {"quant_method": "fp8"}
+    with pytest.raises(InputError, match="quantization_config"):
+        load_hf(_copy_ckpt(deepseek_v3_ckpt[0], tmp_path, edit_cfg=fp8))
+
+
+def test_bad_groups_are_refused(deepseek_v3_ckpt, tmp_path):
+    def groups(c):
+        c["n_group"] = 3  # does not divide 8 experts
+    with pytest.raises(InputError, match="n_group"):
+        load_hf(_copy_ckpt(deepseek_v3_ckpt[0], tmp_path, edit_cfg=groups))
+
+
+def test_missing_and_misshapen_deepseek_tensors(deepseek_v3_ckpt, tmp_path):
+    path = deepseek_v3_ckpt[0]
+    victim = "model.layers.1.mlp.gate.e_score_correction_bias"
+    (tmp_path / "a").mkdir()
+    with pytest.raises(InputError, match=r"e_score_correction_bias.*missing"):
+        load_hf(_copy_ckpt(path, tmp_path / "a", edit_state=lambda s: s.pop(victim)))
+    victim2 = "model.layers.2.self_attn.q_a_layernorm.weight"
+
+    def bad(s):
+        s[victim2] = torch.ones(11)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(InputError) as e:
+        load_hf(_copy_ckpt(path, tmp_path / "b", edit_state=bad))
+    msg = str(e.value)
+    assert "model.safetensors" in msg and victim2 in msg and "[10]" in msg and "[11]" in msg
+
+
+def test_from_spec_builds_query_lora():
+    from specmoe.specs import load_model
+    spec = load_model("deepseek-v3")
+    with torch.device("meta"):
+        m = MoEModel(from_spec(spec, num_layers=2))
+    att = m.layers[0].self_attn
+    assert att.q_a_proj.weight.shape == (spec.attention.q_lora_rank, spec.hidden_size)
+    assert not hasattr(att, "q_proj")
