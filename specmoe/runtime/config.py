@@ -13,9 +13,42 @@ Three styles share one decoder (model.py):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from specmoe.errors import InputError
+
+
+@dataclass(frozen=True)
+class YarnRope:
+    """YaRN rotary scaling (Peng et al. 2023, arXiv:2309.00071) as DeepSeek-V2/V3 use it, with
+    transformers' `_compute_yarn_parameters` conventions: frequencies blended between
+    interpolated (/factor) and original over a ramp set by beta_fast/beta_slow; cos and sin
+    scaled by `cos_scale`; DeepSeek also multiplies the softmax scale by `softmax_scale`."""
+    factor: float
+    original_max: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+    mscale: float = 0.0
+    mscale_all_dim: float = 0.0
+    attention_factor: float = 0.0  # 0 = derived from factor and the mscales
+
+    @staticmethod
+    def _m(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    @property
+    def cos_scale(self) -> float:
+        if self.attention_factor:
+            return self.attention_factor
+        if self.mscale and self.mscale_all_dim:
+            return self._m(self.factor, self.mscale) / self._m(self.factor, self.mscale_all_dim)
+        return self._m(self.factor)
+
+    @property
+    def softmax_scale(self) -> float:
+        return self._m(self.factor, self.mscale_all_dim) ** 2 if self.mscale_all_dim else 1.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +78,7 @@ class MoEConfig:
     rms_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_dim: int = 0  # 0 = head_dim (rotary on the whole head)
+    yarn: YarnRope | None = None  # DeepSeek checkpoints only
     q_lora_rank: int = 0  # > 0: MLA queries through q_a_proj, q_a_layernorm, q_b_proj
     kv_lora_rank: int = 0  # > 0: DeepSeek MLA, run in its absorbed decode form (model.MLAttention)
     qk_nope_head_dim: int = 0
@@ -124,12 +158,6 @@ def _reject(cfg: dict, source, key: str, ok, problem: str):
 
 def _deepseek_checks(cfg: dict, source, mt: str):
     """What the loader does not build is refused rather than computed differently."""
-    rp = cfg.get("rope_parameters") or {}
-    rtype = rp.get("rope_type", rp.get("type", "default"))
-    if rtype != "default" or cfg.get("rope_scaling"):
-        raise InputError(source, "rope_parameters.rope_type" if rtype != "default" else "rope_scaling",
-                         f"only default RoPE is built (YaRN and other scalings are not), got {rtype!r}"
-                         if rtype != "default" else "rope scaling (e.g. YaRN) is not built")
     if "quantization_config" in cfg:
         raise InputError(source, "quantization_config", "quantised (e.g. FP8) checkpoints are not read")
     _reject(cfg, source, "attention_bias", lambda v: not v, "attention biases are not built")
@@ -145,12 +173,34 @@ def _deepseek_checks(cfg: dict, source, mt: str):
             "deepseek_v2 with norm_topk_prob is ambiguous (implementations differ)")
 
 
+def _yarn(cfg: dict, source) -> YarnRope | None:
+    """The rope scaling of a DeepSeek config: none, or YaRN (`rope_parameters` of transformers 5,
+    or the older top-level `rope_scaling`); any other scaling is refused."""
+    key = "rope_scaling" if cfg.get("rope_scaling") else "rope_parameters"
+    rp = cfg.get(key) or {}
+    rtype = rp.get("rope_type", rp.get("type", "default"))
+    if rtype == "default":
+        return None
+    if rtype != "yarn":
+        raise InputError(source, f"{key}.rope_type", f"only default and yarn RoPE are built, got {rtype!r}")
+    try:
+        orig = int(rp.get("original_max_position_embeddings") or cfg["max_position_embeddings"])
+        factor = float(rp.get("factor") or cfg["max_position_embeddings"] / orig)
+        return YarnRope(factor=factor, original_max=orig, beta_fast=float(rp.get("beta_fast") or 32),
+                        beta_slow=float(rp.get("beta_slow") or 1), truncate=bool(rp.get("truncate", True)),
+                        mscale=float(rp.get("mscale") or 0), mscale_all_dim=float(rp.get("mscale_all_dim") or 0),
+                        attention_factor=float(rp.get("attention_factor") or 0))
+    except (TypeError, ValueError, KeyError) as e:
+        raise InputError(source, key, f"bad yarn parameters ({e})") from None
+
+
 def _deepseek(cfg: dict, source, common: dict) -> MoEConfig:
     """DeepSeek-V2/V3 config.json -> MoEConfig (MLA, dense first layers, shared experts, groups)."""
     mt = cfg["model_type"]
     _deepseek_checks(cfg, source, mt)
     rope, rank = cfg["qk_rope_head_dim"], cfg["kv_lora_rank"]
-    common = dict(common, num_kv_heads=1, head_dim=rank + rope, rope_theta=_rope_theta(cfg, 1e4))
+    common = dict(common, num_kv_heads=1, head_dim=rank + rope, rope_theta=_rope_theta(cfg, 1e4),
+                  yarn=_yarn(cfg, source))
     n_dense = min(cfg.get("first_k_dense_replace") or 0, cfg["num_hidden_layers"])
     grouped = mt == "deepseek_v3" or cfg.get("topk_method") == "group_limited_greedy"
     v3 = mt == "deepseek_v3"

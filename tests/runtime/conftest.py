@@ -76,3 +76,9 @@ def deepseek_v3_ckpt(tmp_path_factory):
             if n.endswith("e_score_correction_bias"):
                 b.copy_(torch.randn_like(b) * 0.3)
     return _save(m, tmp_path_factory.mktemp("deepseek_v3")), m
+
+
+@pytest.fixture(scope="session")
+def tiny_deepseek():
+    """The builder above, for tests that vary the config (e.g. rope scaling)."""
+    return _deepseek

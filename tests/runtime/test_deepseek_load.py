@@ -96,12 +96,41 @@ def _copy_ckpt(path, tmp_path, edit_cfg=None, edit_state=None):
     return tmp_path
 
 
-def test_yarn_rope_is_refused(deepseek_v2_ckpt, tmp_path):
-    def yarn(c):
-        c["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4,
-                                "original_max_position_embeddings": 16}
-    with pytest.raises(InputError, match=r"config\.json: rope_parameters\.rope_type: .*yarn"):
-        load_hf(_copy_ckpt(deepseek_v2_ckpt[0], tmp_path, edit_cfg=yarn))
+@pytest.mark.parametrize("version,rope", [
+    ("v2", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8,
+            "mscale": 0.707, "mscale_all_dim": 0.707}),
+    ("v3", {"rope_type": "yarn", "factor": 3.0, "original_max_position_embeddings": 6,
+            "mscale": 1.0, "mscale_all_dim": 0.6, "beta_fast": 8, "beta_slow": 2}),
+    ("v3", {"rope_type": "yarn", "factor": 5.0, "original_max_position_embeddings": 8})])
+def test_yarn_rope_matches_transformers(version, rope, tmp_path, tiny_deepseek):
+    """YaRN frequencies, cos/sin attention factor and DeepSeek's mscale**2 softmax factor, over
+    positions past original_max_position_embeddings."""
+    import transformers
+    name = "DeepseekV2" if version == "v2" else "DeepseekV3"
+    hf = tiny_deepseek(getattr(transformers, name + "Config"), getattr(transformers, name + "ForCausalLM"), 7,
+                       q_lora_rank=None, rope_parameters=dict(rope, rope_theta=1e4))
+    with torch.no_grad():  # sharper attention, so that positions matter in the logits
+        for n, p in hf.named_parameters():
+            if "q_proj" in n or "kv_a_proj" in n:
+                p.mul_(8.0)
+    hf.save_pretrained(tmp_path)
+    ours = load_hf(tmp_path)
+    assert ours.cfg.yarn is not None and ours.cfg.yarn.factor == rope["factor"]
+    ids = _ids(ours.cfg.vocab_size, s=20, seed=8)
+    with torch.no_grad():
+        ref = hf(input_ids=ids).logits.float()
+        got = ours(ids)
+        object.__setattr__(ours.cfg, "yarn", None)  # shared by all modules: the same weights, no YaRN
+        plain = ours(ids)
+    assert (got - ref).abs().max().item() < 1e-4
+    assert (plain - ref).abs().max().item() > 5e-3
+
+
+def test_other_rope_scalings_are_refused(deepseek_v2_ckpt, tmp_path):
+    def linear(c):
+        c["rope_parameters"] = {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4}
+    with pytest.raises(InputError, match=r"config\.json: rope_parameters\.rope_type: .*linear"):
+        load_hf(_copy_ckpt(deepseek_v2_ckpt[0], tmp_path, edit_cfg=linear))
 
 
 def test_quantised_checkpoint_is_refused(deepseek_v3_ckpt, tmp_path):
