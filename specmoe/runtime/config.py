@@ -188,7 +188,8 @@ def _yarn(cfg: dict, source) -> YarnRope | None:
         factor = float(rp.get("factor") or cfg["max_position_embeddings"] / orig)
         return YarnRope(factor=factor, original_max=orig, beta_fast=float(rp.get("beta_fast") or 32),
                         beta_slow=float(rp.get("beta_slow") or 1), truncate=bool(rp.get("truncate", True)),
-                        mscale=float(rp.get("mscale") or 0), mscale_all_dim=float(rp.get("mscale_all_dim") or 0),
+                        mscale=float(rp.get("mscale") or 0),
+                        mscale_all_dim=float(rp.get("mscale_all_dim") or 0),
                         attention_factor=float(rp.get("attention_factor") or 0))
     except (TypeError, ValueError, KeyError) as e:
         raise InputError(source, key, f"bad yarn parameters ({e})") from None

@@ -130,8 +130,8 @@ class MLAttention(nn.Module):
 
     Weights as in the checkpoint (q_proj, or q_a_proj, q_a_layernorm and q_b_proj with a query
     LoRA; kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj); rotary columns in the
-    half-split layout (checkpoint.py de-interleaves DeepSeek's pairs on loading); W_UK is absorbed into the query and W_UV applied after attention, so attention is
-    MQA over the cached latent [c_kv (rank), k_rope]: scores q_lat . c_kv + q_rope . k_rope,
+    half-split layout (checkpoint.py de-interleaves DeepSeek's pairs on loading). W_UK is
+    absorbed into the query and W_UV applied after attention, so attention is MQA over the cached latent [c_kv (rank), k_rope]: scores q_lat . c_kv + q_rope . k_rope,
     softmax scale 1/sqrt(nope + rope) as in the original (times YaRN's mscale**2 if any).
     """
 

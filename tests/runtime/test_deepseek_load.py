@@ -3,6 +3,7 @@ exercised (group-limited routing, score bias, dense first layer, shared experts,
 decoding through the latent cache, and refusals of what is not built."""
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -38,17 +39,17 @@ def test_structure_read_from_config(fixture, request):
 
 
 @pytest.mark.parametrize("fixture", ["deepseek_v2_ckpt", "deepseek_v3_ckpt"])
-@pytest.mark.parametrize("change", [dict(n_group=1), dict(group_score="swap"), dict(scoring="swap"),
-                                    dict(routed_scaling_factor=1.0)])
+@pytest.mark.parametrize("change", [{"n_group": 1}, {"group_score": "swap"}, {"scoring": "swap"},
+                                    {"routed_scaling_factor": 1.0}])
 def test_each_routing_feature_changes_the_logits(fixture, change, request):
     """Dropping group limits, swapping the group score or the scoring function, or the scaling,
     moves the logits far beyond the oracle tolerance: the oracle comparison sees each of them."""
     path, hf = request.getfixturevalue(fixture)
     m = load_hf(path)
     if change.get("group_score") == "swap":
-        change = dict(group_score="max" if m.cfg.group_score == "top2sum" else "top2sum")
+        change = {"group_score": "max" if m.cfg.group_score == "top2sum" else "top2sum"}
     if change.get("scoring") == "swap":
-        change = dict(scoring="sigmoid" if m.cfg.scoring == "softmax" else "softmax")
+        change = {"scoring": "sigmoid" if m.cfg.scoring == "softmax" else "softmax"}
     if change.get("routed_scaling_factor") and hf.config.routed_scaling_factor == 1.0:
         pytest.skip("no scaling to drop")
     ids = _ids(m.cfg.vocab_size, s=9, seed=5)
@@ -172,3 +173,36 @@ def test_from_spec_builds_query_lora():
     att = m.layers[0].self_attn
     assert att.q_a_proj.weight.shape == (spec.attention.q_lora_rank, spec.hidden_size)
     assert not hasattr(att, "q_proj")
+
+
+# DeepSeek-V2-Lite's config.json in its published (transformers 4, remote-code) form: legacy
+# top-level rope_theta and rope_scaling, scoring_func, topk_method, moe_layer_freq.
+V2_LITE = {
+    "architectures": ["DeepseekV2ForCausalLM"], "attention_bias": False, "first_k_dense_replace": 1,
+    "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 10944, "kv_lora_rank": 512,
+    "max_position_embeddings": 163840, "model_type": "deepseek_v2", "moe_intermediate_size": 1408,
+    "moe_layer_freq": 1, "n_group": 1, "n_routed_experts": 64, "n_shared_experts": 2,
+    "norm_topk_prob": False, "num_attention_heads": 16, "num_experts_per_tok": 6,
+    "num_hidden_layers": 27, "num_key_value_heads": 16, "q_lora_rank": None, "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06, "rope_theta": 10000,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707,
+                     "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096, "type": "yarn"},
+    "routed_scaling_factor": 1.0, "scoring_func": "softmax", "tie_word_embeddings": False,
+    "topk_group": 1, "topk_method": "greedy", "v_head_dim": 128, "vocab_size": 102400}
+
+
+def test_v2_lite_config_agrees_with_the_preset():
+    """The checkpoint path (from_hf_config) and the ModelSpec path (from_spec) build the same
+    model shape for DeepSeek-V2-Lite; the checkpoint adds YaRN (factor 40, mscale 0.707)."""
+    from specmoe.runtime.config import from_hf_config
+    from specmoe.specs import load_model
+    a = from_hf_config(V2_LITE, "config.json")
+    b = from_spec(load_model("deepseek-v2-lite"))
+    same = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+            "v_head_dim", "rope_dim", "kv_lora_rank", "qk_nope_head_dim", "q_lora_rank", "num_experts",
+            "top_k", "expert_ffn", "dense_ffn", "dense_layers", "shared_ffn", "scoring", "norm_topk_prob")
+    assert {k: getattr(a, k) for k in same} == {k: getattr(b, k) for k in same}
+    assert a.n_group == 1 and a.routed_scaling_factor == 1.0
+    assert a.yarn.factor == 40 and a.yarn.original_max == 4096
+    assert abs(a.yarn.cos_scale - 1.0) < 1e-12  # mscale == mscale_all_dim: cos/sin unscaled
+    assert abs(a.yarn.softmax_scale - (0.1 * 0.707 * math.log(40) + 1) ** 2) < 1e-12
