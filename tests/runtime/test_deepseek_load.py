@@ -206,3 +206,16 @@ def test_v2_lite_config_agrees_with_the_preset():
     assert a.yarn.factor == 40 and a.yarn.original_max == 4096
     assert abs(a.yarn.cos_scale - 1.0) < 1e-12  # mscale == mscale_all_dim: cos/sin unscaled
     assert abs(a.yarn.softmax_scale - (0.1 * 0.707 * math.log(40) + 1) ** 2) < 1e-12
+
+
+@pytest.mark.parametrize("group_score,want", [("max", {0, 1}), ("top2sum", {2, 3})])
+def test_group_limit_hand_case(group_score, want):
+    """Scores [0.0, 0.9 | 0.5, 0.48], 2 groups, 1 allowed, top-2: group 0 has the best expert
+    (0.9 > 0.5), group 1 the best pair (0.98 > 0.9)."""
+    from specmoe.runtime.config import MoEConfig
+    from specmoe.runtime.model import _group_limit
+    cfg = MoEConfig(vocab_size=8, hidden_size=4, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=4,
+                    num_experts=4, top_k=2, expert_ffn=4, n_group=2, topk_group=1, group_score=group_score)
+    choice = _group_limit(torch.tensor([[0.0, 0.9, 0.5, 0.48]]), cfg)
+    assert set(choice.topk(2, dim=-1).indices[0].tolist()) == want
+    assert torch.isinf(choice).sum().item() == 2
