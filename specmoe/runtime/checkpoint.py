@@ -1,8 +1,9 @@
-"""Load a Mixtral or Qwen2-MoE HF checkpoint (config.json + *.safetensors) into MoEModel.
+"""Load a Mixtral, Qwen2-MoE or DeepSeek-V2/V3 HF checkpoint (config.json + *.safetensors).
 
 Only safetensors are read (no pickle). Both expert layouts are accepted: one tensor per
 expert (`experts.{j}.w1` / `gate_proj`), as transformers writes them, and the fused
 `experts.gate_up_proj [E, 2F, H]` / `experts.down_proj [E, H, F]` of transformers 5 modules.
+DeepSeek's interleaved rotary columns are reordered to our half-split layout on loading.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from specmoe.errors import InputError
-from specmoe.runtime.config import from_hf_config
+from specmoe.runtime.config import MoEConfig, from_hf_config, rope_interleaved
 from specmoe.runtime.model import MoEModel
 
 
@@ -53,6 +54,8 @@ def _plan_tensors(model: MoEModel, mt: str, where: dict) -> list[tuple[str, str,
             if mt == "mixtral" and ".mlp.gate." in name:
                 if hf not in where:
                     hf = hf.replace(".mlp.gate.", ".block_sparse_moe.gate.")
+            if mt.startswith("deepseek"):
+                hf = hf.replace(".mlp.shared_expert.", ".mlp.shared_experts.")
             out.append((hf, name, None))
             continue
         prefix, which = "model." + ".".join(parts[:2]), parts[-1]  # model.layers.i, w_gate
@@ -65,6 +68,22 @@ def _plan_tensors(model: MoEModel, mt: str, where: dict) -> list[tuple[str, str,
         for j in range(cfg.num_experts):
             out.append((_expert_names(prefix, mt, j)[col], name, j))
     return out
+
+
+def _deinterleave_rope(state: dict, cfg: MoEConfig):
+    """DeepSeek checkpoints rotate interleaved pairs (x0, x1), (x2, x3), ...; our rope rotates
+    the half-split pairs (x_j, x_{j+r/2}). Reordering the rotary output rows of the query and
+    latent-key projections to [even..., odd...] makes the half-split rotation compute the
+    interleaved one; q.k is unchanged as both sides are permuted alike. In place on `state`."""
+    r, nope = cfg.rope_dim, cfg.qk_nope_head_dim
+    perm = torch.cat([torch.arange(0, r, 2), torch.arange(1, r, 2)])
+    for i in range(cfg.num_layers):
+        a = f"layers.{i}.self_attn."
+        q = state[a + ("q_b_proj" if cfg.q_lora_rank else "q_proj") + ".weight"]
+        qh = q.view(cfg.num_heads, nope + r, q.shape[-1])  # [heads, nope + rope, in]
+        qh[:, nope:] = qh[:, nope:][:, perm]
+        kv = state[a + "kv_a_proj_with_mqa.weight"]  # [rank + rope, H]
+        kv[cfg.kv_lora_rank:] = kv[cfg.kv_lora_rank:][perm]
 
 
 def load_hf(folder, dtype=torch.float32, device="cpu") -> MoEModel:
@@ -109,6 +128,8 @@ def load_hf(folder, dtype=torch.float32, device="cpu") -> MoEModel:
             target.copy_(t.to(dtype))
     finally:
         handles.clear()
+    if cfg.kv_lora_rank and rope_interleaved(hf_cfg):
+        _deinterleave_rope(state, cfg)
     model = model.to_empty(device="cpu")
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight

@@ -130,7 +130,8 @@ class ReplayStep:
             pos = torch.full((self.b, 1), self.context, device=self.device)
             x = m.embed_tokens(buf["ids"])
             from specmoe.runtime.model import rope_cos_sin
-            buf["cos"], buf["sin"] = rope_cos_sin(pos, cfg.rope_dim or cfg.head_dim, cfg.rope_theta, x.dtype)
+            buf["cos"], buf["sin"] = rope_cos_sin(pos, cfg.rope_dim or cfg.head_dim, cfg.rope_theta,
+                                                  x.dtype, cfg.yarn)
             buf["x"] = x
         segs.append((-1, "embed", embed))
         for li, layer in enumerate(m.layers):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specmoe.runtime.config import MoEConfig
+from specmoe.runtime.config import MoEConfig, YarnRope
 
 
 class RMSNorm(nn.Module):
@@ -28,12 +28,33 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype):
-    """cos, sin `[*positions.shape, dim]` (the half-split layout of Llama/Mixtral)."""
-    inv = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim)
+def rope_inv_freq(dim: int, theta: float, device, yarn: YarnRope | None = None):
+    """Inverse frequencies [dim/2]. YaRN: per dimension pair, a ramp from the original (fast
+    rotations, above beta_fast turns over original_max) to the interpolated frequency /factor
+    (slow ones, below beta_slow turns); the ramp ends are the pair indices of those turn counts,
+    d(n) = dim ln(L / (2 pi n)) / (2 ln theta) (YaRN §3.2, transformers' _compute_yarn_parameters)."""
+    inv = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)
+    if yarn is None:
+        return inv
+    def pair(turns):
+        return dim * math.log(yarn.original_max / (turns * 2 * math.pi)) / (2 * math.log(theta))
+    low, high = pair(yarn.beta_fast), pair(yarn.beta_slow)
+    if yarn.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    high = high + 0.001 if low == high else high
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device=device) - low) / (high - low)).clamp(0, 1)
+    return inv / yarn.factor * ramp + inv * (1 - ramp)
+
+
+def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype, yarn: YarnRope | None = None):
+    """cos, sin `[*positions.shape, dim]` (the half-split layout of Llama/Mixtral), times YaRN's
+    cos_scale if any."""
+    inv = rope_inv_freq(dim, theta, positions.device, yarn)
     freqs = positions.float()[..., None] * inv  # [..., dim/2]
     emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    m = yarn.cos_scale if yarn is not None else 1.0
+    return (emb.cos() * m).to(dtype), (emb.sin() * m).to(dtype)
 
 
 def _apply_rope(x, cos, sin):
@@ -107,10 +128,11 @@ class Attention(nn.Module):
 class MLAttention(nn.Module):
     """DeepSeek multi-head latent attention, absorbed decode form (DeepSeek-V2 §2.1.3).
 
-    Weights as in the checkpoint (q_proj, kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj,
-    o_proj); W_UK is absorbed into the query and W_UV applied after attention, so attention is
-    MQA over the cached latent [c_kv (rank), k_rope]: scores q_lat . c_kv + q_rope . k_rope,
-    softmax scale 1/sqrt(nope + rope) as in the original.
+    Weights as in the checkpoint (q_proj, or q_a_proj, q_a_layernorm and q_b_proj with a query
+    LoRA; kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj); rotary columns in the
+    half-split layout (checkpoint.py de-interleaves DeepSeek's pairs on loading). W_UK is
+    absorbed into the query and W_UV applied after attention, so attention is MQA over the cached latent [c_kv (rank), k_rope]: scores q_lat . c_kv + q_rope . k_rope,
+    softmax scale 1/sqrt(nope + rope) as in the original (times YaRN's mscale**2 if any).
     """
 
     def __init__(self, cfg: MoEConfig, layer: int):
@@ -118,7 +140,12 @@ class MLAttention(nn.Module):
         self.cfg, self.layer = cfg, layer
         h, nh, r = cfg.hidden_size, cfg.num_heads, cfg.kv_lora_rank
         self.nope, self.rope = cfg.qk_nope_head_dim, cfg.rope_dim
-        self.q_proj = nn.Linear(h, nh * (self.nope + self.rope), bias=False)
+        if cfg.q_lora_rank:  # query LoRA (V2, V3): q_b_proj(norm(q_a_proj(x)))
+            self.q_a_proj = nn.Linear(h, cfg.q_lora_rank, bias=False)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg.rms_eps)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, nh * (self.nope + self.rope), bias=False)
+        else:
+            self.q_proj = nn.Linear(h, nh * (self.nope + self.rope), bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(h, r + self.rope, bias=False)
         self.kv_a_layernorm = RMSNorm(r, cfg.rms_eps)
         self.kv_b_proj = nn.Linear(r, nh * (self.nope + cfg.v_dim), bias=False)
@@ -128,7 +155,8 @@ class MLAttention(nn.Module):
         cfg = self.cfg
         b, s, _ = x.shape
         nh, r, vd = cfg.num_heads, cfg.kv_lora_rank, cfg.v_dim
-        q = self.q_proj(x).view(b, s, nh, self.nope + self.rope)
+        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))) if cfg.q_lora_rank else self.q_proj(x)
+        q = q.view(b, s, nh, self.nope + self.rope)
         q_nope, q_rope = q[..., :self.nope], _apply_rope(q[..., self.nope:], cos, sin)
         kv = self.kv_a_proj_with_mqa(x)  # [B, S, r + rope]
         c = self.kv_a_layernorm(kv[..., :r])
@@ -140,7 +168,7 @@ class MLAttention(nn.Module):
         past = cache.length
         cache.k[self.layer, :b, 0, past:past + s] = torch.cat([c, k_rope], -1)
         k = cache.k[self.layer, :b, :, :past + s]  # [B, 1, ctx, r + rope]
-        scale = 1.0 / math.sqrt(self.nope + self.rope)
+        scale = 1.0 / math.sqrt(self.nope + self.rope) * (cfg.yarn.softmax_scale if cfg.yarn else 1.0)
         if s == 1:
             o = F.scaled_dot_product_attention(qf.reshape(b, 1, nh, r + self.rope), k, k[..., :r], scale=scale)
         else:
@@ -184,11 +212,27 @@ class Router(nn.Module):
         else:
             scores = logits.sigmoid()
         choice = scores + self.e_score_correction_bias if cfg.score_bias else scores
+        if cfg.n_group > 1:
+            choice = _group_limit(choice, cfg)
         ids = choice.topk(cfg.top_k, dim=-1).indices
         w = scores.gather(-1, ids)
         if cfg.norm_topk_prob:
             w = w / w.sum(-1, keepdim=True)
         return ids, w * cfg.routed_scaling_factor
+
+
+def _group_limit(choice, cfg: MoEConfig):
+    """choice [T, E] -> same with experts outside each token's topk_group best groups at -inf.
+
+    A group's score is its best expert's (V2 group_limited_greedy) or the sum of its two best
+    (V3 noaux_tc, on the biased scores); DeepSeek-V2 paper §3.3 (device-limited routing) and
+    DeepSeek-V3 §2.1.2. -inf rather than V2's 0 changes nothing: softmax scores are > 0.
+    """
+    t = choice.shape[0]
+    g = choice.view(t, cfg.n_group, -1)  # [T, G, E/G]
+    gs = g.max(-1).values if cfg.group_score == "max" else g.topk(2, dim=-1).values.sum(-1)
+    keep = torch.zeros_like(gs, dtype=torch.bool).scatter_(1, gs.topk(cfg.topk_group, dim=-1).indices, True)
+    return g.masked_fill(~keep[..., None], float("-inf")).view(t, -1)
 
 
 class Experts(nn.Module):
@@ -387,7 +431,7 @@ class MoEModel(nn.Module):
             positions = torch.arange(past, past + s, device=input_ids.device).expand(b, s)
         x = self.embed_tokens(input_ids)
         rope = self.cfg.rope_dim or self.cfg.head_dim
-        cos, sin = rope_cos_sin(positions, rope, self.cfg.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(positions, rope, self.cfg.rope_theta, x.dtype, self.cfg.yarn)
         for i, layer in enumerate(self.layers):
             if timer:
                 timer.phase(i, "attention")

@@ -1,4 +1,5 @@
-"""Our decoder against transformers' MixtralForCausalLM and Qwen2MoeForCausalLM (fp32, CPU)."""
+"""Our decoder against transformers' MixtralForCausalLM, Qwen2MoeForCausalLM, DeepseekV2ForCausalLM
+and DeepseekV3ForCausalLM (fp32, CPU)."""
 import json
 
 import pytest
@@ -13,7 +14,8 @@ def _ids(vocab, b=2, s=7, seed=0):
     return torch.randint(0, vocab, (b, s), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("fixture", ["mixtral_ckpt", "qwen2moe_ckpt"])
+@pytest.mark.parametrize("fixture", ["mixtral_ckpt", "qwen2moe_ckpt", "deepseek_v2_ckpt",
+                                     "deepseek_v3_ckpt"])
 def test_logits_match_transformers(fixture, request):
     path, hf = request.getfixturevalue(fixture)
     ours = load_hf(path)
