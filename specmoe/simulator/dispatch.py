@@ -109,7 +109,7 @@ def route(topk_ids: np.ndarray, token2gpu: np.ndarray, phy2log: np.ndarray, ep: 
 
     Counting (and the id range check) runs over blocks of source ranks, so each block's data
     and histogram stay in cache; large routings count the blocks on a thread pool."""
-    T, L, K = topk_ids.shape
+    _, L, K = topk_ids.shape
     P = phy2log.shape[1]
     per_rank = P // ep
     E = int(phy2log.max()) + 1

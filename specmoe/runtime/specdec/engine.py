@@ -110,7 +110,7 @@ class Decoder:
         self._trees[key] = st
         return st
 
-    def verify_runner(self, st: dict) -> "_Runner":
+    def verify_runner(self, st: dict) -> _Runner:
         """The verify forward of a `_tree` entry: (logits [T, V], mid hidden or None)."""
         if st["verify"] is None:
             st["verify"] = _Runner(st["verify_fn"], self.use_graphs)

@@ -85,11 +85,12 @@ class DeviceTree:
         same_parent[0] = False
         same_parent[:, 0] = False
         self.size, self.max_depth = t, int(tree.depth.max())
-        as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-        self.parent, self.rank, self.depth = as_t(p), as_t(tree.rank), as_t(tree.depth)
-        self.anc, self.sib_before = as_t(anc), as_t(same_parent)
-        self.levels = [as_t(np.nonzero(tree.depth == d)[0]) for d in range(1, self.max_depth + 1)]
-        self.arange = as_t(np.arange(t))
+        def on_device(a):
+            return torch.as_tensor(a, device=device)
+        self.parent, self.rank, self.depth = on_device(p), on_device(tree.rank), on_device(tree.depth)
+        self.anc, self.sib_before = on_device(anc), on_device(same_parent)
+        self.levels = [on_device(np.nonzero(tree.depth == d)[0]) for d in range(1, self.max_depth + 1)]
+        self.arange = on_device(np.arange(t))
 
 
 def fill_draft_(tok, adj, dt: DeviceTree) -> None:
