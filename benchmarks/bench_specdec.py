@@ -32,25 +32,18 @@ from specmoe.runtime.specdec.prompts import encode_chat, load_prompts
 from specmoe.runtime.specdec.traces import acceptance_trace, write_json
 from specmoe.runtime.specdec.tree import (
     TreeTemplate,
-    best_first,
     chain,
     constant_branching,
     default_template,
 )
 
 
-def plan_tree(trace: dict, budget: int, max_depth: int) -> tuple[TreeTemplate, str]:
-    """The planner's Sequoia tree fitted to a recycling trace (branch `trees`); else a fallback."""
-    try:
-        from specmoe.planner.acceptance import fit_depth_positional, trace_from_dict
-        from specmoe.planner.sequoia import sequoia_tree
-        acc = fit_depth_positional(trace_from_dict(trace, "warmup"), max_depth, 8)
-        return TreeTemplate(tuple(sequoia_tree(acc, budget, max_depth).parents), "planner-sequoia"), "planner"
-    except ImportError:  # planner not merged yet: same positional model, best-first (optimal for it)
-        return best_first(budget, _fit_rank_rates(trace), max_depth), "fallback-best-first"
-    except Exception as e:  # noqa: BLE001 -- a planner failure must not lose the other measurements
-        print("planner failed:", repr(e), flush=True)
-        return best_first(budget, _fit_rank_rates(trace), max_depth), f"fallback-best-first ({e!r})"
+def plan_tree(trace: dict, budget: int, max_depth: int) -> TreeTemplate:
+    """The planner's Sequoia tree for `budget` drafts, fitted to a recycling acceptance trace."""
+    from specmoe.planner.acceptance import fit_depth_positional, trace_from_dict
+    from specmoe.planner.sequoia import sequoia_tree
+    acc = fit_depth_positional(trace_from_dict(trace, "warmup"), max_depth, 8)
+    return TreeTemplate(tuple(sequoia_tree(acc, budget, max_depth).parents), "planner-sequoia")
 
 
 BUDGETS = (8, 16, 24, 32, 48, 64, 80, 96, 127)
@@ -79,21 +72,6 @@ def size_tree(dec: Decoder, trace: dict, static: TreeTemplate, log, reps: int) -
         if name != "static-template" and e / c > best_rate:
             best, best_rate = TreeTemplate(tree.parents, "planner-hw"), e / c
     return {"table": table, "best": best}
-
-
-def _fit_rank_rates(trace: dict, k: int = 8) -> list[float]:
-    off, acc = [0] * k, [0] * k
-    for s in trace["steps"]:
-        kids: dict[int, list[int]] = {}
-        for i, p in enumerate(s["parents"][1:], 1):
-            kids.setdefault(p, []).append(i)
-        cur = 0
-        for a in s["accepted"] + [None]:
-            for r, c in enumerate(kids.get(cur, [])[:k]):
-                off[r] += 1
-                acc[r] += int(c == a)
-            cur = a
-    return [max(a / o, 1e-3) if o else 1e-3 for a, o in zip(acc, off)]
 
 
 def random_smollm2(device: str):
@@ -217,14 +195,13 @@ def main():
     wres = [dec.generate(p, "recycling", a.max_new, 0.0, static, setup.eos) for p in wprompts]
     wtrace = acceptance_trace(MODEL_NAME, "recycling", 0.0, [st for r in wres for st in r.steps])
     traces["acceptance_recycling_warmup_T0.json"] = wtrace
-    planned80, how = plan_tree(wtrace, static.size - 1, 8)
-    details["planned_tree"] = how
-    log("warm-up done; planned tree", how, "depth", int(planned80.depth.max()))
+    planned80 = plan_tree(wtrace, static.size - 1, 8)
+    log("warm-up done; planned tree depth", int(planned80.depth.max()))
     dec.prefill(wprompts[0])            # a real context for the step timings below
     sizing = size_tree(dec, wtrace, static, log, a.sizing_reps)
     details["tree_sizing"] = sizing["table"]
     hw = sizing["best"]
-    write_json({"version": 1, "method": hw.name, "parents": list(hw.parents), "source": how,
+    write_json({"version": 1, "method": hw.name, "parents": list(hw.parents),
                 "sizing": sizing["table"]}, out / f"tree_planned_{tag}.json")
     trees = [static, planned80] + ([hw] if hw.parents != planned80.parents else [])
     for temp in (0.0, 1.0):  # capture every graph the timed runs use, outside their clocks
