@@ -174,14 +174,16 @@ def _count_block(item, *, L, P, K, ep, block, per_rank, per_expert, tokens_per_g
 
 
 _PARALLEL_MIN = 1 << 22  # routing entries (T * L * K) worth a thread pool (~4M: a few ms)
-_POOL: list = []
+_POOL: dict = {}  # pid -> executor: a forked worker (whatif --jobs) must not reuse its parent's
 
 
 def _pool() -> ThreadPoolExecutor:
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
-                                        thread_name_prefix="specmoe-route"))
-    return _POOL[0]
+    pid = os.getpid()
+    if pid not in _POOL:
+        _POOL.clear()
+        _POOL[pid] = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                        thread_name_prefix="specmoe-route")
+    return _POOL[pid]
 
 
 def _keys(dst: np.ndarray, local: np.ndarray, L: int, ep: int) -> np.ndarray:

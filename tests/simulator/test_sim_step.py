@@ -163,3 +163,27 @@ def test_route_is_the_same_counted_on_threads(monkeypatch):
         for f in fields:
             np.testing.assert_array_equal(getattr(serial, f), getattr(threaded, f), err_msg=f)
         assert serial.copies.sum() > 0
+
+
+def test_route_thread_pool_survives_fork(monkeypatch):
+    """whatif --jobs forks workers: a child must not wait on the parent's (thread-less) pool."""
+    import multiprocessing as mp
+
+    from specmoe.simulator import dispatch
+    monkeypatch.setattr(dispatch, "_PARALLEL_MIN", 0)
+    ids = np.random.default_rng(0).integers(0, 16, (64, 2, 2)).astype(np.int32)
+    p2l = np.tile(np.arange(16), (2, 1))
+    want = int(dispatch.route(ids, np.arange(64) % 4, p2l, 4).copies.sum())  # parent's pool
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    child = ctx.Process(target=_route_in_child, args=(q, ids, p2l))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0 and q.get(timeout=5) == want
+
+
+def _route_in_child(q, ids, p2l):
+    from specmoe.simulator import dispatch
+    q.put(int(dispatch.route(ids, np.arange(64) % 4, p2l, 4).copies.sum()))
