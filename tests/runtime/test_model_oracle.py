@@ -29,8 +29,9 @@ def test_logits_match_transformers(fixture, request):
     assert ref.abs().max() > 1e-3  # a real comparison, not two near-zero tensors
 
 
-def test_incremental_decode_matches_full_forward(qwen2moe_ckpt):
-    path, _ = qwen2moe_ckpt
+@pytest.mark.parametrize("fixture", ["qwen2moe_ckpt", "deepseek_v3_ckpt"])  # GQA cache; MLA latent cache
+def test_incremental_decode_matches_full_forward(fixture, request):
+    path, _ = request.getfixturevalue(fixture)
     m = load_hf(path)
     ids = _ids(m.cfg.vocab_size, b=2, s=6, seed=3)
     with torch.no_grad():
