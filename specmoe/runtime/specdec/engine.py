@@ -197,6 +197,8 @@ class Decoder:
         key = ("rec", tree.parents, temperature > 0)
         if key in self._trees:
             return self._trees[key]
+        if tree.max_branch > self.adj.shape[1]:  # a child's rank indexes an adjacency row
+            raise ValueError(f"tree has {tree.max_branch} children at a node, adjacency keeps {self.adj.shape[1]}")
         st, dev, m = self._tree(tree), self.model.device, self.model
         dt = recycling.DeviceTree(tree, dev)
         tok, all_idx = st["tok"], torch.arange(tree.size, device=dev)

@@ -77,3 +77,9 @@ def test_rsd_sampling_runs_and_osd_distill_lowers_kl(device, single_thread):
     before = distill(draft, dec.buffer, steps=1, lr=0.0)
     after = distill(draft, dec.buffer, steps=80, batch=256, lr=1e-2)
     assert after < 0.8 * before
+
+
+def test_recycling_rejects_a_tree_wider_than_the_adjacency():
+    m = tiny_llama("cpu")
+    with pytest.raises(ValueError, match="9 children"):
+        Decoder(m, 64, adj_k=8).generate(PROMPTS[0], "recycling", 4, tree=constant_branching([9]))
