@@ -92,11 +92,27 @@ def random_smollm2(device: str):
     return Llama(cfg, w, device=device)
 
 
-def probe(device: str) -> None:
-    """Forward times (CUDA graph replay) of SmolLM2-135M's shapes with random weights, no GGUF."""
+def probe(device: str, kernels: str | None) -> None:
+    """Forward times (CUDA graph replay) of SmolLM2-135M's shapes with random weights, no GGUF;
+    and greedy recycling vs AR on them (random weights: near-tied logits everywhere, so any
+    rounding difference between a verify row and the AR step shows up as a different token)."""
     m = random_smollm2(device)
+    dec = Decoder(m, 800, kernels=kernels)
+    g = torch.Generator().manual_seed(0)
+    same, total = 0, 0
+    for i in range(4):
+        prompt = torch.randint(0, 49152, (int(torch.randint(20, 300, (1,), generator=g)),), generator=g).tolist()
+        ar = dec.generate(prompt, "ar", 96)
+        for tree in (default_template(), constant_branching([4, 2, 1])):
+            rec = dec.generate(prompt, "recycling", 96, tree=tree)
+            same += rec.tokens == ar.tokens
+            total += 1
+            print(f"probe kernels={dec.kernels} prompt {i} tree={tree.name}: identical to AR {rec.tokens == ar.tokens}, "
+                  f"first difference at {next((j for j, (x, y) in enumerate(zip(rec.tokens, ar.tokens)) if x != y), None)}, "
+                  f"mean accepted {rec.mean_accepted:.3f}", flush=True)
+    print(f"probe kernels={dec.kernels} greedy recycling identical to AR: {same}/{total}", flush=True)
     for graphs in ((True, False) if device == "cuda" else (False,)):
-        dec = Decoder(m, 800, draft=EarlyExitDraft(m, 10), use_graphs=graphs)
+        dec = Decoder(m, 800, draft=EarlyExitDraft(m, 10), use_graphs=graphs, kernels=kernels)
         dec.cache.n = 500
         for tree in (constant_branching([]), constant_branching([4, 2, 1]), default_template()):
             st = dec._step_setup(tree)
@@ -114,14 +130,14 @@ def probe(device: str) -> None:
                 sync()
                 print(f"probe graphs={graphs} tree={tree.name} T={tree.size} {name}: "
                       f"{(time.perf_counter() - t0) / 50 * 1e3:.3f} ms", flush=True)
-        rec = Decoder(m, 800, use_graphs=graphs)
+        rec = Decoder(m, 800, use_graphs=graphs, kernels=kernels)
         rec.cache.n = 500
         for tree in (chain(0), constant_branching([4, 2, 1]), default_template()):
             ms = rec.step_time_s(tree, reps=50) * 1e3
             print(f"probe graphs={graphs} tree={tree.name} T={tree.size} recycling step: {ms:.3f} ms", flush=True)
     if device == "cuda":  # kernels per step: what a graph replay pays ~2-3 us each for
         from torch.profiler import ProfilerActivity, profile
-        rec = Decoder(m, 800, use_graphs=False)
+        rec = Decoder(m, 800, use_graphs=False, kernels=kernels)
         rec.cache.n = 500
         for tree in (chain(0), default_template()):
             rec.step_time_s(tree, reps=2)
@@ -149,11 +165,13 @@ def main():
     ap.add_argument("--probe", action="store_true", help="only time forwards with random weights")
     ap.add_argument("--only-osd", action="store_true", help="only the online-distillation experiment")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
+    ap.add_argument("--kernels", choices=["triton", "torch"], default=None,
+                    help="verify/AR forward: batch-invariant Triton kernels (CUDA default) or plain torch")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.probe:
-        return probe(a.device)
+        return probe(a.device, a.kernels)
     t_start = time.time()
     out = Path(a.out)
     # fp32 everywhere by default, so greedy speculative output can be compared with AR token for
@@ -166,8 +184,10 @@ def main():
     enc = lambda rs: [encode_chat(setup.tok, r["text"])[-512:] for r in rs]
     setup.prompts = enc(evals)
     dev_name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
-    tag = ("h200" if "H200" in dev_name else a.device) + ("_tf32" if a.tf32 else "")
-    rows, details, traces = [], {"device": dev_name, "tf32": a.tf32, "num_prompts": len(evals), "max_new": a.max_new,
+    kernels = a.kernels or ("triton" if a.device == "cuda" else "torch")
+    tag = (("h200" if "H200" in dev_name else a.device) + ("_torch" if kernels == "torch" and a.device == "cuda" else "")
+           + ("_tf32" if a.tf32 else ""))
+    rows, details, traces = [], {"device": dev_name, "kernels": kernels, "tf32": a.tf32, "num_prompts": len(evals), "max_new": a.max_new,
                                  "warm_prompts": len(warm), "command": " ".join(sys.argv)}, {}
     log = lambda *x: print(f"[{time.time() - t_start:6.1f}s]", *x, flush=True)
 
@@ -190,7 +210,7 @@ def main():
     static = default_template()
     wprompts = enc(warm)
     max_len = max(len(q) for q in setup.prompts + wprompts) + a.max_new + 128 + 8
-    dec = Decoder(setup.model, max_len)  # one decoder (graphs, adjacency) for AR and recycling
+    dec = Decoder(setup.model, max_len, kernels=kernels)  # one decoder (graphs, adjacency) for AR and recycling
     # warm-up on prompts disjoint from the evaluation set: adjacency, graph capture, the trace
     wres = [dec.generate(p, "recycling", a.max_new, 0.0, static, setup.eos) for p in wprompts]
     wtrace = acceptance_trace(MODEL_NAME, "recycling", 0.0, [st for r in wres for st in r.steps])
@@ -222,7 +242,8 @@ def main():
                 log("greedy identical to AR:", same, "/", len(res))
         if time.time() - t_start < a.budget_s * 0.6:
             rsd_tree = constant_branching([4, 2, 1])
-            rsd_dec = Decoder(setup.model, max_len, draft=EarlyExitDraft(setup.model, a.draft_layers))
+            rsd_dec = Decoder(setup.model, max_len, draft=EarlyExitDraft(setup.model, a.draft_layers),
+                              kernels=kernels)
             rsd_dec.generate(wprompts[0], "rsd", 8, temp, rsd_tree, setup.eos)   # graph capture
             res, _ = run_method(setup, "rsd", rsd_tree, a.max_new, temp, decoder=rsd_dec)
             record("rsd", rsd_tree.name, temp, res, base)

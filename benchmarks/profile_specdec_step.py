@@ -1,7 +1,7 @@
 """Where a Token Recycling step's time goes, against an AR step: CUDA kernel time by kernel name
 (torch.profiler, eager launches, SmolLM2-135M shapes with random weights, no GGUF needed).
 
-    PYTHONPATH=. python benchmarks/profile_specdec_step.py [--tf32] > profile.txt
+    PYTHONPATH=. python benchmarks/profile_specdec_step.py [--tf32] [--kernels triton] > profile.txt
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from specmoe.runtime.specdec.tree import chain, default_template
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--kernels", choices=["triton", "torch"], default="torch")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     m = random_smollm2("cuda")
-    dec = Decoder(m, 800, use_graphs=False)
+    dec = Decoder(m, 800, use_graphs=False, kernels=a.kernels)
     dec.cache.n = 500
     rows = {}
     for tree in (chain(0), default_template()):

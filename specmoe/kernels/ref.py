@@ -97,3 +97,35 @@ def pack_by_rank_ref(topk_ids: torch.Tensor, expert2rank: torch.Tensor, num_rank
                 send2token.append(m)
                 counts[r] += 1
     return counts, torch.tensor(send2token, dtype=torch.int32), token2slot
+
+
+def rms_norm_ref(x, w, eps):
+    """x [M, K] -> x / sqrt(mean(x^2) + eps) * w, in float64."""
+    x = x.double()
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w.double()
+
+
+def linear_ref(x, w, norm_w=None, eps=0.0, residual=None):
+    """[rmsnorm](x) @ w^T [+ residual] in float64."""
+    a = rms_norm_ref(x, norm_w, eps) if norm_w is not None else x.double()
+    y = a @ w.double().T
+    return y if residual is None else y + residual.double()
+
+
+def swiglu_ref(x, norm_w, w1, w3, eps):
+    a = rms_norm_ref(x, norm_w, eps)
+    return F.silu(a @ w1.double().T) * (a @ w3.double().T)
+
+
+def qkv_rope_ref(x, norm_w, wqkv, pos, n_heads, n_kv, rope_base, eps):
+    """Q, K, V [M, heads, hd] in float64: rmsnorm, projection, RoPE on adjacent pairs
+    (2i, 2i+1) rotated by pos * rope_base^(-2i / hd) for Q and K."""
+    hd = wqkv.shape[0] // (n_heads + 2 * n_kv)
+    y = (rms_norm_ref(x, norm_w, eps) @ wqkv.double().T).view(x.shape[0], -1, hd)
+    inv = rope_base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    ang = pos.double()[:, None, None] * inv                          # [M, 1, hd/2]
+    rot = y.clone()
+    e, o = y[..., 0::2], y[..., 1::2]
+    rot[..., 0::2] = e * ang.cos() - o * ang.sin()
+    rot[..., 1::2] = e * ang.sin() + o * ang.cos()
+    return rot[:, :n_heads], rot[:, n_heads: n_heads + n_kv], y[:, n_heads + n_kv:]

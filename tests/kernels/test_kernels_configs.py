@@ -19,10 +19,16 @@ def test_shipped_configs_are_well_formed():
     need = {"tree_attention": {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "num_splits"},
             "moe_gate_up": {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"},
             "moe_down": {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}}
+    # one config per shape, no token-count buckets (batch invariance: never chosen by M)
+    flat = {"fused_linear": {"BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT", "num_warps", "num_stages"},
+            "path_attention": {"CHUNK", "BLOCK_N"}}
     devices = _common._load_configs()["devices"]
     assert devices
     for kernels in devices.values():
         for kernel, shapes in kernels.items():
+            if kernel in flat:
+                assert all(set(cfg) == flat[kernel] for cfg in shapes.values()), kernel
+                continue
             for buckets in shapes.values():
                 for key, cfg in buckets.items():
                     assert int(key) > 0 and set(cfg) - {"tma"} == need[kernel], (kernel, key, cfg)

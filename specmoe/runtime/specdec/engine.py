@@ -65,13 +65,22 @@ class Decoder:
     """One sequence's decoding state: model, static cache, per-tree graphs, Token Recycling's adjacency."""
 
     def __init__(self, model: Llama, max_len: int, draft: EarlyExitDraft | None = None,
-                 use_graphs: bool | None = None, adj_k: int = 8, seed: int = 0):
+                 use_graphs: bool | None = None, adj_k: int = 8, seed: int = 0,
+                 kernels: str | None = None, precision: str = "tf32"):
         self.model, self.draft, self.max_len = model, draft, max_len
         self.cache = model.new_cache(max_len)
         dev = model.device
         if use_graphs is None:  # SPECMOE_NO_GRAPHS=1 falls back to eager launches
             use_graphs = dev.type == "cuda" and os.environ.get("SPECMOE_NO_GRAPHS") != "1"
         self.use_graphs = use_graphs
+        # verify / AR forwards: the batch-invariant Triton kernels (default on CUDA) or plain torch
+        self.kernels = kernels or os.environ.get("SPECMOE_KERNELS") or ("triton" if dev.type == "cuda" else "torch")
+        if self.kernels not in ("triton", "torch"):
+            raise ValueError(f"kernels must be triton or torch, not {self.kernels!r}")
+        self.fused = None
+        if self.kernels == "triton":
+            from specmoe.runtime.specdec.fused import FusedLlama
+            self.fused = FusedLlama(model, max_len, precision)
         self.n_buf = torch.zeros((), dtype=torch.long, device=dev)
         # adjacency [vocab + 1, k] on the device; the last row is scratch (update_adjacency_)
         self.adj = torch.zeros((model.cfg.vocab_size + 1, adj_k), dtype=torch.long, device=dev)
@@ -89,17 +98,15 @@ class Decoder:
         depth, anc = tree_tables(list(tree.parents), dev)
         tok = torch.zeros(tree.size, dtype=torch.long, device=dev)
         st = {"tok": tok, "depth": depth, "anc": anc}
-        all_idx = torch.arange(tree.size, device=dev)
         split = self.draft.n_layers if self.draft is not None else None
+        st["forward"] = self._forward_fn(tree, depth, anc)
 
         @torch.no_grad()
         def verify():
-            pos, slots, mask = step_inputs(self.n_buf, all_idx, depth, anc, self.max_len)
             if split is None:
-                return m.logits(m.hidden(tok, pos, slots, mask, self.cache)), None
-            h_mid = m.hidden(tok, pos, slots, mask, self.cache, layers=range(split))
-            h = m.hidden(tok, pos, slots, mask, self.cache, layers=range(split, m.cfg.n_layers), h=h_mid)
-            return m.logits(h), h_mid
+                return st["forward"](tok), None
+            h_mid = st["forward"](tok, layers=range(split))
+            return st["forward"](tok, layers=range(split, m.cfg.n_layers), h=h_mid), h_mid
 
         # built on first use: recycling steps run `_recycling_graph` and never capture this one
         st["verify_fn"], st["verify"] = verify, None
@@ -109,6 +116,26 @@ class Decoder:
                            for lv in st["levels"][:-1]]
         self._trees[key] = st
         return st
+
+    def _forward_fn(self, tree: TreeTemplate, depth, anc):
+        """forward(tok [T], layers=None, h=None) for a tree: logits [T, V] after the last layer,
+        else the residual stream. Triton kernels or plain torch, per `self.kernels`."""
+        m = self.model
+        if self.fused is not None:
+            f = self.fused
+            depth32, path = f.tables(list(tree.parents))
+
+            def forward(tok, layers=None, h=None):
+                x = f.hidden(tok, self.n_buf, depth32, path, self.cache, layers, h)
+                return f.logits(x) if layers is None or layers.stop == m.cfg.n_layers else x
+            return forward
+        all_idx = torch.arange(tree.size, device=m.device)
+
+        def forward(tok, layers=None, h=None):
+            pos, slots, mask = step_inputs(self.n_buf, all_idx, depth, anc, self.max_len)
+            x = m.hidden(tok, pos, slots, mask, self.cache, layers, h)
+            return m.logits(x) if layers is None or layers.stop == m.cfg.n_layers else x
+        return forward
 
     def verify_runner(self, st: dict) -> _Runner:
         """The verify forward of a `_tree` entry: (logits [T, V], mid hidden or None)."""
@@ -201,7 +228,7 @@ class Decoder:
             raise ValueError(f"tree has {tree.max_branch} children at a node, adjacency keeps {self.adj.shape[1]}")
         st, dev, m = self._tree(tree), self.model.device, self.model
         dt = recycling.DeviceTree(tree, dev)
-        tok, all_idx = st["tok"], torch.arange(tree.size, device=dev)
+        tok = st["tok"]
         noise = torch.rand((tree.size, m.cfg.vocab_size), device=dev) if temperature > 0 else None
         temp = torch.tensor(max(temperature, 1e-6), device=dev)
         one, zero = torch.ones((), dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev)
@@ -209,8 +236,7 @@ class Decoder:
         @torch.no_grad()
         def step():
             recycling.fill_draft_(tok, self.adj, dt)
-            pos, slots, mask = step_inputs(self.n_buf, all_idx, st["depth"], st["anc"], self.max_len)
-            logits = m.logits(m.hidden(tok, pos, slots, mask, self.cache))           # [T, V]
+            logits = st["forward"](tok)                                               # [T, V]
             if noise is None:
                 choice = logits.argmax(-1)
             else:                                   # Gumbel-max: one exact sample per node

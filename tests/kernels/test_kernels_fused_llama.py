@@ -1,0 +1,51 @@
+"""The fused (Triton) verify forward of the SmolLM2 Llama against the plain-torch model, and
+greedy Token Recycling on it equal to autoregressive decoding, under Triton's interpreter."""
+import torch
+
+from specmoe.runtime.specdec.engine import Decoder
+from specmoe.runtime.specdec.fused import FusedLlama, tree_paths
+from specmoe.runtime.specdec.model import step_inputs, tree_tables
+from specmoe.runtime.specdec.tree import chain, constant_branching
+from tests.kernels._util import rel_err
+from tests.runtime.specdec.specdec_helpers import tiny_llama
+
+
+def test_tree_paths():
+    depth, path = tree_paths([-1, 0, 0, 1, 3, 2])
+    assert depth.tolist() == [0, 1, 1, 2, 3, 2]
+    assert path[4].tolist() == [0, 1, 3, 4] and path[5, :3].tolist() == [0, 2, 5]
+
+
+def test_fused_forward_matches_the_torch_model():
+    m = tiny_llama(vocab=64)
+    parents = list(constant_branching([3, 2]).parents)
+    T, n, S = len(parents), 9, 40
+    tok = torch.randint(0, 64, (T,), generator=torch.Generator().manual_seed(0))
+    prefix = torch.randint(0, 64, (n,), generator=torch.Generator().manual_seed(1))
+    caches = []
+    for _ in range(2):                                    # same prefix in two caches
+        c = m.new_cache(S)
+        d, a = tree_tables(list(range(-1, n - 1)), "cpu")
+        pos, slots, mask = step_inputs(torch.tensor(0), torch.arange(n), d, a, S)
+        m.hidden(prefix, pos, slots, mask, c)
+        caches.append(c)
+    nb = torch.tensor(n)
+    d, a = tree_tables(parents, "cpu")
+    pos, slots, mask = step_inputs(nb, torch.arange(T), d, a, S)
+    ref = m.logits(m.hidden(tok, pos, slots, mask, caches[0]))
+    f = FusedLlama(m, S, precision="ieee")
+    depth, path = f.tables(parents)
+    got = f.logits(f.hidden(tok, nb, depth, path, caches[1]))
+    assert rel_err(got, ref) < 1e-5
+    assert rel_err(caches[1].k[:, :, : n + T], caches[0].k[:, :, : n + T]) < 1e-5
+
+
+def test_fused_greedy_recycling_equals_fused_autoregressive():
+    m = tiny_llama(vocab=48)
+    dec = Decoder(m, 96, kernels="triton", use_graphs=False)
+    ar = dec.generate([5, 17, 33, 8], "ar", 16)
+    tree = constant_branching([2, 2, 1])
+    for _ in range(2):                                    # the second pass has a warm adjacency
+        got = dec.generate([5, 17, 33, 8], "recycling", 16, tree=tree)
+        assert got.tokens == ar.tokens
+    assert dec.generate([5, 17, 33, 8], "recycling", 16, tree=chain(2)).tokens == ar.tokens
