@@ -197,6 +197,10 @@ def main():
                "tokens_per_s": round(s["tokens_per_s"], 2), "mean_accepted": round(s["mean_accepted"], 3),
                "speedup_vs_ar": round(s["tokens_per_s"] / base, 3) if base else 1.0}
         rows.append(row)
+        dec_s = sum(r.wall_s - r.prefill_s for r in res)             # decoding only, prefill excluded
+        details.setdefault("decode_only", {})[f"{method}/{tree_name}/T{temp:g}"] = {
+            "tokens_per_s": round(s["tokens"] / dec_s, 2), "prefill_s": round(sum(r.prefill_s for r in res), 4),
+            "steps": s["steps"], "wall_s": round(s["wall_s"], 4)}
         traces[f"acceptance_{method}_{tree_name}_T{temp:g}.json"] = acceptance_trace(
             MODEL_NAME, method if method != "rsd+osd" else "rsd", temp, [st for r in res for st in r.steps])
         write_json(rows, out / f"specdec_{tag}.json")

@@ -20,6 +20,7 @@ from triton.testing import do_bench_cudagraph
 from specmoe.kernels import dense
 from specmoe.kernels._common import CONFIG_PATH, device_name
 from specmoe.kernels.path_attention import path_attention
+from specmoe.runtime.specdec.tree import default_template, tree_paths
 
 # (name, rows N, K, kind) at SmolLM2-135M: dim 576, 9 + 3 + 3 heads of 64, ffn 1536, vocab 49152
 SHAPES = [("qkv", 960, 576, "rope"), ("o_proj", 576, 576, "resid"), ("gate_up", 3072, 576, "swiglu"),
@@ -63,12 +64,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--write-configs", action="store_true")
+    ap.add_argument("--only", choices=["dense", "attention"], default=None)
     a = ap.parse_args()
     dev = torch.device("cuda")
     t0 = time.time()
     res = {"device": device_name(dev), "dense": {}, "path_attention": []}
     picks = {}
-    for name, N, K, kind in SHAPES:
+    for name, N, K, kind in SHAPES if a.only != "attention" else []:
         rows = []
         for cfg in dense_configs(N, K):
             t = {M: time_us(dense_case(name, N, K, kind, M, cfg, dev)) for M in (1, 81)}
@@ -83,25 +85,27 @@ def main():
               f"{best['us_m81']:7.2f} us  {picks[f'{N},{K}']}  [{time.time() - t0:.0f}s]", flush=True)
     kc = torch.randn(3, 800, 64, device=dev)
     vc = torch.randn(3, 800, 64, device=dev)
-    for chunk, bn in itertools.product((64, 128, 256), (32, 64)):
+    for chunk, bn in itertools.product((64, 128, 256), (32, 64)) if a.only != "dense" else []:
         t = {}
         for T in (1, 81):
             q = torch.randn(T, 9, 64, device=dev)
-            depth = torch.zeros(T, dtype=torch.int32, device=dev)
-            path = torch.arange(T, dtype=torch.int32, device=dev)[:, None]
+            parents = default_template().parents if T > 1 else (-1,)       # the 80-draft template
+            depth, path = (torch.as_tensor(a, device=dev) for a in tree_paths(list(parents)))
             n = torch.tensor(560, device=dev)
             t[T] = time_us(lambda: path_attention(q, kc, vc, n, depth, path, chunk=chunk, block_n=bn))
-        res["path_attention"].append({"CHUNK": chunk, "BLOCK_N": bn, "context": 561, "us_t1": round(t[1], 2),
+        res["path_attention"].append({"CHUNK": chunk, "BLOCK_N": bn, "context": 560, "us_t1": round(t[1], 2),
                                       "us_t81": round(t[81], 2)})
         print(f"path_attention chunk={chunk} block_n={bn}: {t[1]:.2f} / {t[81]:.2f} us", flush=True)
-    best_attn = min(res["path_attention"], key=lambda r: r["us_t1"] + r["us_t81"])
+    best_attn = min(res["path_attention"], key=lambda r: r["us_t1"] + r["us_t81"], default=None)
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "tune_fused_llama_h200.json").write_text(json.dumps(res, indent=1) + "\n")
+    (Path(a.out) / f"tune_fused_llama_h200{'_' + a.only if a.only else ''}.json").write_text(json.dumps(res, indent=1) + "\n")
     if a.write_configs:
         allc = json.loads(CONFIG_PATH.read_text()) if CONFIG_PATH.exists() else {}
         mine = allc.setdefault("devices", {}).setdefault(res["device"], {})
-        mine["fused_linear"] = picks
-        mine["path_attention"] = {"9,3,64": {"CHUNK": best_attn["CHUNK"], "BLOCK_N": best_attn["BLOCK_N"]}}
+        if picks:
+            mine["fused_linear"] = picks
+        if best_attn:
+            mine["path_attention"] = {"9,3,64": {"CHUNK": best_attn["CHUNK"], "BLOCK_N": best_attn["BLOCK_N"]}}
         Path(a.out, "configs.json").write_text(json.dumps(allc, indent=1, sort_keys=True) + "\n")
 
 

@@ -54,16 +54,21 @@ def config(n_out: int, k: int, device: torch.device | None = None) -> dict:
 
 
 _SCRATCH: dict = {}
+_RETIRED: list = []      # outgrown scratch buffers: CUDA graphs captured earlier still point at them
 
 
 def _scratch(device, counters: int, floats: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-device split-K counters (int32, zero, kept zero by the kernels) and workspace (fp32).
 
-    Grown outside CUDA graph capture: every forward runs eagerly before it is captured."""
+    Grown outside CUDA graph capture (every forward runs eagerly before it is captured); a
+    buffer that is outgrown (e.g. by a long prefill after a step was captured) is kept alive,
+    since a captured graph replays with the addresses it was captured with."""
     c, w = _SCRATCH.get(device, (None, None))
     if c is None or c.numel() < counters:
+        _RETIRED.append(c)
         c = torch.zeros(max(counters, 1 << 14), dtype=torch.int32, device=device)
     if w is None or w.numel() < floats:
+        _RETIRED.append(w)
         w = torch.empty(max(floats, 1 << 16), dtype=torch.float32, device=device)
     _SCRATCH[device] = (c, w)
     return c, w

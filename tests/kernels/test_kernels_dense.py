@@ -67,7 +67,7 @@ def test_qkv_rope_writes_rotated_q_and_the_cache_slots(bn, split):
 
 
 def _paths(parents):
-    from specmoe.runtime.specdec.fused import tree_paths
+    from specmoe.runtime.specdec.tree import tree_paths
     depth, path = tree_paths(parents)
     return torch.as_tensor(depth), torch.as_tensor(path)
 

@@ -3,9 +3,9 @@ greedy Token Recycling on it equal to autoregressive decoding, under Triton's in
 import torch
 
 from specmoe.runtime.specdec.engine import Decoder
-from specmoe.runtime.specdec.fused import FusedLlama, tree_paths
+from specmoe.runtime.specdec.fused import FusedLlama
 from specmoe.runtime.specdec.model import step_inputs, tree_tables
-from specmoe.runtime.specdec.tree import chain, constant_branching
+from specmoe.runtime.specdec.tree import chain, constant_branching, tree_paths
 from tests.kernels._util import rel_err
 from tests.runtime.specdec.specdec_helpers import tiny_llama
 
@@ -49,3 +49,14 @@ def test_fused_greedy_recycling_equals_fused_autoregressive():
         got = dec.generate([5, 17, 33, 8], "recycling", 16, tree=tree)
         assert got.tokens == ar.tokens
     assert dec.generate([5, 17, 33, 8], "recycling", 16, tree=chain(2)).tokens == ar.tokens
+
+
+def test_fused_prefill_fills_the_cache_as_the_torch_model_does():
+    m = tiny_llama(vocab=48)
+    prompt = [5, 17, 33, 8, 40, 2, 9, 11, 30, 7, 1, 44]
+    caches = []
+    for kernels in ("torch", "triton"):
+        dec = Decoder(m, 64, kernels=kernels, use_graphs=False, precision="ieee")
+        assert dec.prefill(prompt) == prompt[-1] and dec.cache.n == len(prompt) - 1
+        caches.append((dec.cache.k[:, :, : dec.cache.n], dec.cache.v[:, :, : dec.cache.n]))
+    assert rel_err(caches[1][0], caches[0][0]) < 1e-5 and rel_err(caches[1][1], caches[0][1]) < 1e-5

@@ -24,7 +24,8 @@ from specmoe.runtime.specdec.tree import TreeTemplate, chain
 class GenResult:
     tokens: list[int]                          # generated tokens (stops after eos / max_new)
     steps: list[dict] = field(default_factory=list)  # acceptance-trace steps {parents, accepted}
-    wall_s: float = 0.0
+    wall_s: float = 0.0                        # prefill + decoding
+    prefill_s: float = 0.0
 
     @property
     def mean_accepted(self) -> float:
@@ -161,13 +162,17 @@ class Decoder:
         self.cache.n = 0
         body = prompt[:-1]
         if body:
-            dev = self.model.device
-            depth, anc = tree_tables(list(range(-1, len(body) - 1)), dev)
+            dev, p = self.model.device, len(body)
             self.n_buf.fill_(0)
-            pos, slots, mask = step_inputs(self.n_buf, torch.arange(len(body), device=dev), depth, anc,
-                                           self.max_len)
-            self.model.hidden(torch.tensor(body, device=dev), pos, slots, mask, self.cache)
-            self.cache.n = len(body)
+            tok, idx = torch.tensor(body, device=dev), torch.arange(p, device=dev)
+            if self.fused is not None:   # the prompt as a chain: node t at depth t, path[t, d] = d
+                path = idx.to(torch.int32)[None, :].expand(p, p)
+                self.fused.hidden(tok, self.n_buf, path[0], path, self.cache)
+            else:
+                anc = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
+                pos, slots, mask = step_inputs(self.n_buf, idx, idx, anc, self.max_len)
+                self.model.hidden(tok, pos, slots, mask, self.cache)
+            self.cache.n = p
         return prompt[-1]
 
     def _step_setup(self, tree: TreeTemplate) -> dict:
@@ -198,6 +203,8 @@ class Decoder:
         sync()
         t0 = time.perf_counter()
         root = self.prefill(prompt)
+        sync()
+        prefill_s = time.perf_counter() - t0
         if method in ("ar", "recycling"):
             out, steps = self._recycling_loop(root, tree, temperature, max_new, eos)
         else:
@@ -211,7 +218,7 @@ class Decoder:
         wall = time.perf_counter() - t0
         if eos is not None and eos in out:
             out = out[: out.index(eos) + 1]
-        return GenResult(out[:max_new], steps, wall)
+        return GenResult(out[:max_new], steps, wall, prefill_s)
 
     def _recycling_graph(self, tree: TreeTemplate, temperature: float) -> dict:
         """One Token Recycling (or, for a 1-node tree, autoregressive) step as one runner.
@@ -233,14 +240,27 @@ class Decoder:
         temp = torch.tensor(max(temperature, 1e-6), device=dev)
         one, zero = torch.ones((), dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev)
 
+        kernels = self.fused is not None and tree.size > 1   # Triton bookkeeping (tree_step.py)
+        if kernels:
+            from specmoe.kernels import tree_step
+
         @torch.no_grad()
         def step():
-            recycling.fill_draft_(tok, self.adj, dt)
+            if kernels:
+                tree_step.fill_draft(tok, self.adj, dt.parent, dt.rank, dt.depth, dt.max_depth)
+            else:
+                recycling.fill_draft_(tok, self.adj, dt)
             logits = st["forward"](tok)                                               # [T, V]
             if noise is None:
                 choice = logits.argmax(-1)
             else:                                   # Gumbel-max: one exact sample per node
                 choice = (logits / temp - torch.log(-torch.log(noise.clamp(1e-20, 1.0)))).argmax(-1)
+            if kernels:
+                out = tree_step.accept_(tok, choice, logits.topk(self.adj.shape[1], -1).indices, self.adj,
+                                        self.cache.k, self.cache.v, self.n_buf, dt.parent, dt.max_depth)
+                self.n_buf.add_(out[0])
+                tok[0] = out[-1]
+                return out
             if tree.size > 1:  # (AR keeps no adjacency on the baseline's clock)
                 recycling.update_adjacency_(self.adj, tok, logits.topk(self.adj.shape[1], -1).indices, dt)
                 n_acc, path, bonus = recycling.walk_tree_(tok, choice, dt)

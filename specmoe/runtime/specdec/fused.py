@@ -12,28 +12,12 @@ AR and speculative decoding share).
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from specmoe.kernels import dense
 from specmoe.kernels.path_attention import path_attention
 from specmoe.runtime.specdec.model import KVCache, Llama
-
-
-def tree_paths(parents: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """depth [T] int32 and path [T, D + 1] int32: path[t, d] = t's ancestor at depth d (root
-    first, path[t, depth[t]] = t; entries past depth[t] are 0 and never read)."""
-    t = len(parents)
-    depth = np.zeros(t, np.int32)
-    for i, p in enumerate(parents[1:], 1):
-        depth[i] = depth[p] + 1
-    path = np.zeros((t, int(depth.max()) + 1), np.int32)
-    for i in range(t):
-        j = i
-        while j >= 0:
-            path[i, depth[j]] = j
-            j = parents[j] if j > 0 else -1
-    return depth, path
+from specmoe.runtime.specdec.tree import tree_paths
 
 
 class FusedLlama:

@@ -42,6 +42,22 @@ class TreeTemplate:
         return max((len(k) for k in self.children), default=0)
 
 
+def tree_paths(parents: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """depth [T] int32 and path [T, D + 1] int32: path[t, d] = t's ancestor at depth d (root
+    first, path[t, depth[t]] = t; entries past depth[t] are 0 and never read)."""
+    t = len(parents)
+    depth = np.zeros(t, np.int32)
+    for i, p in enumerate(parents[1:], 1):
+        depth[i] = depth[p] + 1
+    path = np.zeros((t, int(depth.max()) + 1), np.int32)
+    for i in range(t):
+        j = i
+        while j >= 0:
+            path[i, depth[j]] = j
+            j = parents[j] if j > 0 else -1
+    return depth, path
+
+
 def check_parents(parents, source, name="parents") -> tuple[int, ...]:
     if not isinstance(parents, list) or not parents:
         raise InputError(source, name, "expected a non-empty list of parent indices")
