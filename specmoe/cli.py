@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-prompts", type=_positive_int, default=10)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--kernels", choices=["triton", "torch"], default=None,
+                   help="verify / AR forward: batch-invariant Triton kernels (default on cuda; TF32, greedy "
+                   "output still identical to ar) or plain torch (default on cpu; fp32)")
     p.add_argument("--draft-layers", type=_positive_int, default=10,
                    help="rsd: layers of the early-exit self-draft")
     p.add_argument("--seed", type=_nonneg_int, default=0)

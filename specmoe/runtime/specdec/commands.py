@@ -1,6 +1,7 @@
 """`specmoe generate`: decode Spec-Bench prompts with ar | recycling | rsd and report speed."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def load_setup(prompts_path, num_prompts, device, categories=None, max_prompt_to
 
 
 def run_method(setup: Setup, method: str, tree, max_new: int, temperature: float, seed: int = 0,
-               draft_layers: int = 10, decoder=None):
+               draft_layers: int = 10, decoder=None, kernels: str | None = None):
     """Decode every prompt; returns (results list, decoder). One Decoder is reused across
     prompts, so Token Recycling's adjacency matrix carries over (as in the paper)."""
     from specmoe.runtime.specdec.draft import EarlyExitDraft
@@ -47,7 +48,7 @@ def run_method(setup: Setup, method: str, tree, max_new: int, temperature: float
     if decoder is None:
         max_len = max(512, *(len(p) for p in setup.prompts)) + max_new + max(tree.size if tree else 1, 81) + 8
         draft = EarlyExitDraft(setup.model, draft_layers) if method == "rsd" else None
-        decoder = Decoder(setup.model, max_len, draft=draft, seed=seed)
+        decoder = Decoder(setup.model, max_len, draft=draft, seed=seed, kernels=kernels)
     res = [decoder.generate(p, method, max_new, temperature, tree, setup.eos) for p in setup.prompts]
     return res, decoder
 
@@ -67,6 +68,8 @@ def generate_cmd(args) -> int:
 
     if args.temperature < 0:
         raise InputError("--temperature", "temperature", "must be >= 0")
+    if args.kernels == "triton" and args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise InputError("--kernels", "kernels", "triton needs --device cuda (or TRITON_INTERPRET=1, slow)")
     tree = load_tree(args.tree) if args.tree else default_template()
     if args.method == "rsd" and not args.tree:
         from specmoe.runtime.specdec.tree import constant_branching
@@ -82,7 +85,7 @@ def generate_cmd(args) -> int:
     base = None
     for m in methods:
         res, _ = run_method(setup, m, tree if m != "ar" else None, args.max_new_tokens,
-                            args.temperature, args.seed, args.draft_layers)
+                            args.temperature, args.seed, args.draft_layers, kernels=args.kernels)
         s = summarize(res)
         base = base or s["tokens_per_s"]
         name = "ar" if m == "ar" else (Path(args.tree).name if args.tree else tree.name)

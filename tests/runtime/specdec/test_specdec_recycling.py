@@ -1,5 +1,6 @@
 """Token Recycling's pure parts, tree templates, traces and the CLI's input errors."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -89,6 +90,9 @@ def test_cli_bad_inputs_exit_2(tmp_path, capsys):
     assert "t.json" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["generate", "--method", "beam", "--prompts", str(bad)])
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        assert main(["generate", "--method", "ar", "--kernels", "triton", "--prompts", str(bad)]) == 2
+        assert "--kernels" in capsys.readouterr().err
 
 
 def _random_tree(rng, size):
