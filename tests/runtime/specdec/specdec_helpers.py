@@ -1,10 +1,13 @@
 import contextlib
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from specmoe.runtime.specdec import recycling
 from specmoe.runtime.specdec.gguf_load import LlamaConfig
 from specmoe.runtime.specdec.model import Llama
+from specmoe.runtime.specdec.tree import TreeTemplate
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -50,3 +53,26 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def random_recycling_case(rng, max_size: int, vocab: int = 6) -> SimpleNamespace:
+    """A random tree (parents uniform), a small-vocabulary adjacency (so repeated tokens, equal
+    siblings and duplicate rows occur) as numpy `adj` and device `adj_t` (+ scratch row), the
+    numpy draft `want` from a random root, `tok` [T] holding only the root, target choices
+    biased towards the drafts (long accepted paths occur) and random top-k ids."""
+    size = int(rng.integers(1, max_size))
+    tree = TreeTemplate(tuple([-1] + [int(rng.integers(0, i)) for i in range(1, size)]))
+    k = max(tree.max_branch, 1) + int(rng.integers(0, 2))
+    adj = rng.integers(0, vocab, (vocab, k))
+    root = int(rng.integers(0, vocab))
+    want = recycling.build_draft(adj, root, tree)
+    tok = torch.zeros(tree.size, dtype=torch.long)
+    tok[0] = root
+    choice = rng.integers(0, vocab, tree.size)
+    hit = rng.random(tree.size) < 0.7
+    for i in range(1, tree.size):
+        if hit[i]:
+            choice[tree.parents[i]] = want[i]
+    return SimpleNamespace(tree=tree, dt=recycling.DeviceTree(tree, "cpu"), adj=adj, want=want, tok=tok,
+                           adj_t=torch.as_tensor(np.vstack([adj, np.zeros((1, k), np.int64)])),
+                           choice=choice, topk=rng.integers(0, vocab, (tree.size, k)))

@@ -95,39 +95,22 @@ def test_cli_bad_inputs_exit_2(tmp_path, capsys):
         assert "--kernels" in capsys.readouterr().err
 
 
-def _random_tree(rng, size):
-    return TreeTemplate(tuple([-1] + [int(rng.integers(0, i)) for i in range(1, size)]))
-
-
 def test_device_step_ops_equal_the_numpy_reference():
     """fill_draft_ / update_adjacency_ / walk_tree_ (what the CUDA graph runs) against
     build_draft / update_adjacency / walk_tree, on random trees with a small vocabulary, so that
     repeated tokens, equal siblings and duplicate adjacency rows all occur."""
     import torch
+
+    from tests.runtime.specdec.specdec_helpers import random_recycling_case
     rng = np.random.default_rng(0)
     for trial in range(200):
-        tree = _random_tree(rng, int(rng.integers(1, 24)))
-        vocab, k = 6, max(tree.max_branch, 1) + int(rng.integers(0, 2))
-        adj = rng.integers(0, vocab, (vocab, k))
-        dt = recycling.DeviceTree(tree, "cpu")
-        root = int(rng.integers(0, vocab))
-        want = recycling.build_draft(adj, root, tree)
-        tok = torch.zeros(tree.size, dtype=torch.long)
-        tok[0] = root
-        adj_t = torch.as_tensor(np.vstack([adj, np.zeros((1, k), np.int64)]))
-        recycling.fill_draft_(tok, adj_t, dt)
-        assert tok.tolist() == want.tolist()
-        choice = rng.integers(0, vocab, tree.size)
-        # bias the choices towards the drafts so that long accepted paths occur
-        hit = rng.random(tree.size) < 0.7
-        for i in range(1, tree.size):
-            if hit[i]:
-                choice[tree.parents[i]] = want[i]
-        accepted, bonus = recycling.walk_tree(tree, want, choice)
-        n_acc, path, b = recycling.walk_tree_(tok, torch.as_tensor(choice), dt)
+        c = random_recycling_case(rng, 24)
+        recycling.fill_draft_(c.tok, c.adj_t, c.dt)
+        assert c.tok.tolist() == c.want.tolist()
+        accepted, bonus = recycling.walk_tree(c.tree, c.want, c.choice)
+        n_acc, path, b = recycling.walk_tree_(c.tok, torch.as_tensor(c.choice), c.dt)
         assert int(n_acc) == len(accepted) + 1 and int(b) == bonus
         assert path[: int(n_acc)].tolist() == [0] + accepted
-        topk = rng.integers(0, vocab, (tree.size, k))
-        recycling.update_adjacency(adj, want, topk)
-        recycling.update_adjacency_(adj_t, tok, torch.as_tensor(topk), dt)
-        assert (adj_t[:vocab].numpy() == adj).all(), trial
+        recycling.update_adjacency(c.adj, c.want, c.topk)
+        recycling.update_adjacency_(c.adj_t, c.tok, torch.as_tensor(c.topk), c.dt)
+        assert (c.adj_t[:-1].numpy() == c.adj).all(), trial
