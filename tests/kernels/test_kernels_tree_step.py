@@ -3,7 +3,7 @@ with a 6-token vocabulary, so repeated tokens, equal siblings and duplicate adja
 import numpy as np
 import torch
 
-from specmoe.kernels.tree_step import accept_, fill_draft
+from specmoe.kernels.tree_step import accept_, fill_draft, topk_ids
 from specmoe.runtime.specdec import recycling
 from tests.runtime.specdec.specdec_helpers import random_recycling_case
 
@@ -32,3 +32,15 @@ def test_fill_and_accept_equal_the_numpy_reference():
         for d, node in enumerate(path):              # compaction: accepted path at n, n+1, ...
             assert torch.equal(kc[:, :, n + d], k0[:, :, n + node]) and torch.equal(vc[:, :, n + d], v0[:, :, n + node])
         assert torch.equal(kc[:, :, :n], k0[:, :, :n]) and torch.equal(kc[:, :, n + D:], k0[:, :, n + D:])
+
+
+def test_topk_ids_match_torch_topk():
+    gen = torch.Generator().manual_seed(3)
+    for T, N, chunk in [(1, 300, 64), (7, 1000, 128), (3, 96, 32)]:
+        x = torch.randn(T, N, generator=gen) * 10
+        x[-1] = -torch.rand(N, generator=gen) * 100 - 1e3   # an all-negative row: order kept
+        x[0, 5] = x[0, 9] = x.max() + 1                   # a tie at the top: smaller index first
+        got = topk_ids(x, 8, chunk=chunk)
+        assert got[0, :2].tolist() == [5, 9]
+        assert torch.equal(x.gather(1, got), torch.topk(x, 8).values)
+        assert got[1:].tolist() == torch.topk(x[1:], 8).indices.tolist()     # no ties there

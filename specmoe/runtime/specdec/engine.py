@@ -256,7 +256,7 @@ class Decoder:
             else:                                   # Gumbel-max: one exact sample per node
                 choice = (logits / temp - torch.log(-torch.log(noise.clamp(1e-20, 1.0)))).argmax(-1)
             if kernels:
-                out = tree_step.accept_(tok, choice, logits.topk(self.adj.shape[1], -1).indices, self.adj,
+                out = tree_step.accept_(tok, choice, tree_step.topk_ids(logits, self.adj.shape[1]), self.adj,
                                         self.cache.k, self.cache.v, self.n_buf, dt.parent, dt.max_depth)
                 self.n_buf.add_(out[0])
                 tok[0] = out[-1]
