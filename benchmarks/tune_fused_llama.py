@@ -92,7 +92,8 @@ def main():
             parents = default_template().parents if T > 1 else (-1,)       # the 80-draft template
             depth, path = (torch.as_tensor(a, device=dev) for a in tree_paths(list(parents)))
             n = torch.tensor(560, device=dev)
-            t[T] = time_us(lambda: path_attention(q, kc, vc, n, depth, path, chunk=chunk, block_n=bn))
+            t[T] = time_us(lambda q=q, n=n, depth=depth, path=path, chunk=chunk, bn=bn:
+                           path_attention(q, kc, vc, n, depth, path, chunk=chunk, block_n=bn))
         res["path_attention"].append({"CHUNK": chunk, "BLOCK_N": bn, "context": 560, "us_t1": round(t[1], 2),
                                       "us_t81": round(t[81], 2)})
         print(f"path_attention chunk={chunk} block_n={bn}: {t[1]:.2f} / {t[81]:.2f} us", flush=True)
