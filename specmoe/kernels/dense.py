@@ -75,7 +75,7 @@ def _scratch(device, counters: int, floats: int) -> tuple[torch.Tensor, torch.Te
 
 
 @triton.jit
-def _splitk_sum(acc, ss, WS, CNT, tile, n_tiles, pid_s, SPLIT: tl.constexpr,
+def _splitk_sum(acc, ss, WS, CNT, tile, pid_s, SPLIT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr):
     """Park this split's (acc [BLOCK_M, BLOCK_W], ss [BLOCK_M]); the last split of the tile
     gets the sums in split order. Returns (acc, ss, is_last)."""
@@ -133,7 +133,7 @@ def _fused_linear_kernel(
     last = True
     if SPLIT > 1:
         n_tiles_n = tl.num_programs(1)
-        acc, ss, last = _splitk_sum(acc, ss, WS, CNT, pid_m * n_tiles_n + pid_n, 0, pid_s,
+        acc, ss, last = _splitk_sum(acc, ss, WS, CNT, pid_m * n_tiles_n + pid_n, pid_s,
                                     SPLIT, BLOCK_M, BLOCK_N)
     if last:
         if NORM:

@@ -2,7 +2,7 @@
 
 Query t of a draft tree sees the committed prefix (cache slots 0 .. n-1) and then its
 ancestors, root first, ending with itself (slots n + path[t, 0 .. depth[t]]). The kernel
-visits exactly that logical key sequence, in that order, in fixed BLOCK_N chunks, so query t's
+visits exactly that logical key sequence, in that order, in fixed chunks, so query t's
 arithmetic is the same whatever else is in the call: the token at position p gets
 bit-identical attention output whether it is verified as node t of an 81-node tree or decoded
 autoregressively once its ancestors are committed (then the prefix is longer and the path is
@@ -10,13 +10,14 @@ the token alone; the logical sequence is the same). `tree_attention.py` is the t
 kernel (a mask over a contiguous tree block, split-K over the cache); this one trades that for
 invariance, which greedy speculative decoding needs to match autoregressive output exactly.
 
-One program per (query, KV head, chunk of CHUNK logical keys). The chunk
-boundaries are logical positions, the same for a query in a tree and in the autoregressive
-step; a chunk inside the committed prefix is shared by all queries, so QB queries x G heads
-(15 of 16 rows at G = 3) share its K/V tiles; the chunk that finishes last merges a query's
-partial softmaxes in chunk order (flash-decoding, with a fixed merge order). Scores and P V are
-tensor-core dots over the G query heads padded to 16 rows (13 of 16 wasted at G = 3, but a
-multiply-and-sum in registers ran 5x slower at 81 queries: register pressure).
+One program per (query, KV head, chunk of CHUNK logical keys). The chunk boundaries are
+logical positions, the same for a query in a tree and in the autoregressive step. A chunk
+inside the committed prefix is the same keys for all queries, so one program does it for QB
+queries, their G heads (15 of 16 rows at G = 3) sharing its K/V tiles; other chunks each query
+does alone, its G heads padded to 16 rows. The chunk that finishes last merges a query's
+partial softmaxes in chunk order (flash-decoding, with a fixed merge order). Scores and P V
+are tensor-core dots (a multiply-and-sum in registers ran 5x slower at 81 queries: register
+pressure).
 """
 from __future__ import annotations
 
