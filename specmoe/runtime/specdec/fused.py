@@ -6,9 +6,9 @@ RMSNorm + gate/up + SwiGLU, down projection + residual; then RMSNorm + LM head. 
 parameters a step is launch- and latency-bound, so the kernel count sets the step time; and
 because every kernel's row arithmetic is independent of the row count, a verify step's logits
 for a node equal, bit for bit, the logits autoregressive decoding computes for that token, with
-TF32 tensor-core dots. Prefill and RSD's draft levels stay on the plain-torch model (they
-write the cache slots a verify step reads only after overwriting them, or the prefix, which
-AR and speculative decoding share).
+TF32 tensor-core dots. Prefill runs the same kernels (the prompt as a chain). RSD's draft
+levels stay on the plain-torch model: they write cache slots that the verify step overwrites
+before it reads them.
 """
 from __future__ import annotations
 
