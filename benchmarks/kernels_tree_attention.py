@@ -11,8 +11,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.kernels_common import bench_us, elapsed, graph_us, rel_err, row, try_time
-from specmoe.kernels.ref import tree_attention_ref
+from benchmarks.kernels_common import (
+    bench_us,
+    elapsed,
+    graph_us,
+    rel_err,
+    row,
+    try_time,
+)
+from specmoe.kernels.ref import random_parents, tree_attention_ref
 from specmoe.kernels.tree_attention import ancestor_mask, tree_attention
 
 HQ, HKV, D, T, B = 32, 8, 128, 64, 16
@@ -30,14 +37,6 @@ def cfg_of(c):
     return dict(zip(("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "num_splits", "tma"), c))
 
 
-def random_parents(B, T, gen):
-    p = torch.zeros(B, T, dtype=torch.long)
-    p[:, 0] = -1
-    for i in range(1, T):
-        p[:, i] = torch.randint(0, i, (B,), generator=gen)
-    return p
-
-
 def make_inputs(lens, dev, seed=0, T=T, dtype=torch.bfloat16):
     b = len(lens)
     gen = torch.Generator().manual_seed(seed)
@@ -45,7 +44,7 @@ def make_inputs(lens, dev, seed=0, T=T, dtype=torch.bfloat16):
     q = torch.randn(b, T, HQ, D, device=dev, dtype=dtype)
     k = torch.randn(b, s_max, HKV, D, device=dev, dtype=dtype)
     v = torch.randn(b, s_max, HKV, D, device=dev, dtype=dtype)
-    parents = random_parents(b, T, gen).to(dev)
+    parents = random_parents(gen, b, T).to(dev)
     return q, k, v, torch.tensor(lens, dtype=torch.int32, device=dev), parents
 
 

@@ -9,6 +9,15 @@ import torch
 import torch.nn.functional as F
 
 
+def random_parents(gen: torch.Generator, B: int, T: int) -> torch.Tensor:
+    """Random trees for tests and benchmarks: parents [B, T] long, parents[:, i] uniform in [0, i), root -1."""
+    p = torch.zeros(B, T, dtype=torch.long)
+    p[:, 0] = -1
+    for i in range(1, T):
+        p[:, i] = torch.randint(0, i, (B,), generator=gen)
+    return p
+
+
 def ancestor_mask_ref(parents: torch.Tensor) -> torch.Tensor:
     """parents [B, T] -> anc [B, T, T] bool, anc[b, i, j] iff j is i or an ancestor of i (walk up)."""
     B, T = parents.shape

@@ -7,9 +7,14 @@ import torch
 
 from specmoe.kernels import dense
 from specmoe.kernels.path_attention import path_attention
-from specmoe.kernels.ref import linear_ref, qkv_rope_ref, swiglu_ref, tree_attention_ref
+from specmoe.kernels.ref import (
+    linear_ref,
+    qkv_rope_ref,
+    random_parents,
+    swiglu_ref,
+    tree_attention_ref,
+)
 from tests.kernels._util import rel_err
-from tests.kernels.test_kernels_tree_attention import random_parents
 
 
 def _rand(gen, *shape, scale=1.0):

@@ -1,18 +1,9 @@
 import pytest
 import torch
 
-from specmoe.kernels.ref import ancestor_mask_ref, tree_attention_ref
+from specmoe.kernels.ref import ancestor_mask_ref, random_parents, tree_attention_ref
 from specmoe.kernels.tree_attention import ancestor_mask, tree_attention
 from tests.kernels._util import rel_err
-
-
-def random_parents(gen, B, T):
-    """Random trees: parents[i] uniform in [0, i), root -1."""
-    p = torch.zeros(B, T, dtype=torch.long)
-    p[:, 0] = -1
-    for i in range(1, T):
-        p[:, i] = torch.randint(0, i, (B,), generator=gen)
-    return p
 
 
 def test_ancestor_mask_hand_case():
