@@ -68,7 +68,10 @@ def generate_cmd(args) -> int:
 
     if args.temperature < 0:
         raise InputError("--temperature", "temperature", "must be >= 0")
-    if args.kernels == "triton" and args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    kernels = args.kernels or os.environ.get("SPECMOE_KERNELS")
+    if kernels not in (None, "triton", "torch"):
+        raise InputError("SPECMOE_KERNELS", "kernels", f"must be triton or torch, not {kernels!r}")
+    if kernels == "triton" and args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise InputError("--kernels", "kernels", "triton needs --device cuda (or TRITON_INTERPRET=1, slow)")
     tree = load_tree(args.tree) if args.tree else default_template()
     if args.method == "rsd" and not args.tree:
@@ -85,7 +88,7 @@ def generate_cmd(args) -> int:
     base = None
     for m in methods:
         res, _ = run_method(setup, m, tree if m != "ar" else None, args.max_new_tokens,
-                            args.temperature, args.seed, args.draft_layers, kernels=args.kernels)
+                            args.temperature, args.seed, args.draft_layers, kernels=kernels)
         s = summarize(res)
         base = base or s["tokens_per_s"]
         name = "ar" if m == "ar" else (Path(args.tree).name if args.tree else tree.name)

@@ -78,7 +78,7 @@ def test_acceptance_trace_format(tmp_path):
     assert back == {"version": 1, "model": "m", "method": "recycling", "temperature": 0.0, "steps": steps}
 
 
-def test_cli_bad_inputs_exit_2(tmp_path, capsys):
+def test_cli_bad_inputs_exit_2(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"question_id": 1, "turns": "oops"}\n')
     assert main(["generate", "--method", "ar", "--prompts", str(bad)]) == 2
@@ -90,6 +90,10 @@ def test_cli_bad_inputs_exit_2(tmp_path, capsys):
     assert "t.json" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["generate", "--method", "beam", "--prompts", str(bad)])
+    monkeypatch.setenv("SPECMOE_KERNELS", "cuda")
+    assert main(["generate", "--method", "ar", "--prompts", str(bad)]) == 2
+    assert "SPECMOE_KERNELS" in capsys.readouterr().err
+    monkeypatch.delenv("SPECMOE_KERNELS")
     if os.environ.get("TRITON_INTERPRET") != "1":
         assert main(["generate", "--method", "ar", "--kernels", "triton", "--prompts", str(bad)]) == 2
         assert "--kernels" in capsys.readouterr().err
