@@ -47,6 +47,7 @@ def plan_tree(trace: dict, budget: int, max_depth: int) -> TreeTemplate:
 
 
 BUDGETS = (8, 16, 24, 32, 48, 64, 80, 96, 127)
+HISTORY_POINTS = (12, 40, 120)   # warm-up prompts after which the adjacency is snapshotted
 
 
 def size_tree(dec: Decoder, trace: dict, static: TreeTemplate, log, reps: int) -> dict:
@@ -131,10 +132,12 @@ def probe(device: str, kernels: str | None) -> None:
                 print(f"probe graphs={graphs} tree={tree.name} T={tree.size} {name}: "
                       f"{(time.perf_counter() - t0) / 50 * 1e3:.3f} ms", flush=True)
         rec = Decoder(m, 800, use_graphs=graphs, kernels=kernels)
-        rec.cache.n = 500
-        for tree in (chain(0), constant_branching([4, 2, 1]), default_template()):
-            ms = rec.step_time_s(tree, reps=50) * 1e3
-            print(f"probe graphs={graphs} tree={tree.name} T={tree.size} recycling step: {ms:.3f} ms", flush=True)
+        for n in (100, 300, 500):         # the step grows with the context: attention walks it
+            rec.cache.n = n
+            for tree in (chain(0), constant_branching([4, 2, 1]), default_template()):
+                ms = rec.step_time_s(tree, reps=50) * 1e3
+                print(f"probe graphs={graphs} context={n} tree={tree.name} T={tree.size} recycling step: {ms:.3f} ms",
+                      flush=True)
     if device == "cuda":  # kernels per step: what a graph replay pays ~2-3 us each for
         from torch.profiler import ProfilerActivity, profile
         rec = Decoder(m, 800, use_graphs=False, kernels=kernels)
@@ -154,7 +157,9 @@ def main():
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--num-prompts", type=int, default=24)
     ap.add_argument("--max-new", type=int, default=128)
-    ap.add_argument("--warm-prompts", type=int, default=12)
+    ap.add_argument("--warm-prompts", type=int, default=440,
+                    help="Spec-Bench prompts (never evaluated) served before the timed runs: Token "
+                         "Recycling's adjacency matrix is the serving history they leave")
     ap.add_argument("--osd-stream", type=int, default=32)
     ap.add_argument("--osd-new", type=int, default=64)
     ap.add_argument("--osd-heldout", type=int, default=12)
@@ -179,7 +184,8 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     recs = load_prompts(a.prompts)
     evals = [r for i, r in enumerate(recs) if i % 12 == 0][: a.num_prompts]
-    warm = [r for i, r in enumerate(recs) if i % 12 == 6][: a.warm_prompts]
+    pool = [r for i, r in enumerate(recs) if i % 12 != 0]        # never evaluated; spread over categories
+    warm = [pool[j * len(pool) // a.warm_prompts] for j in range(min(a.warm_prompts, len(pool)))]
     setup = load_setup(a.prompts, 1, a.device)
     enc = lambda rs: [encode_chat(setup.tok, r["text"])[-512:] for r in rs]
     setup.prompts = enc(evals)
@@ -200,7 +206,9 @@ def main():
         dec_s = sum(r.wall_s - r.prefill_s for r in res)             # decoding only, prefill excluded
         details.setdefault("decode_only", {})[f"{method}/{tree_name}/T{temp:g}"] = {
             "tokens_per_s": round(s["tokens"] / dec_s, 2), "prefill_s": round(sum(r.prefill_s for r in res), 4),
-            "steps": s["steps"], "wall_s": round(s["wall_s"], 4)}
+            "steps": s["steps"], "wall_s": round(s["wall_s"], 4),
+            # [prompt tokens, steps, decode seconds] per prompt: step time against context length
+            "per_prompt": [[len(p), len(r.steps), round(r.wall_s - r.prefill_s, 5)] for p, r in zip(setup.prompts, res)]}
         traces[f"acceptance_{method}_{tree_name}_T{temp:g}.json"] = acceptance_trace(
             MODEL_NAME, method if method != "rsd+osd" else "rsd", temp, [st for r in res for st in r.steps])
         write_json(rows, out / f"specdec_{tag}.json")
@@ -216,12 +224,18 @@ def main():
     max_len = max(len(q) for q in setup.prompts + wprompts) + a.max_new + 128 + 8
     dec = Decoder(setup.model, max_len, kernels=kernels)  # one decoder (graphs, adjacency) for AR and recycling
     # warm-up on prompts disjoint from the evaluation set: adjacency, graph capture, the trace
-    wres = [dec.generate(p, "recycling", a.max_new, 0.0, static, setup.eos) for p in wprompts]
+    wres, adj_at = [], {}
+    for i, p in enumerate(wprompts):
+        if i in HISTORY_POINTS:         # shorter histories, to measure what the history buys
+            adj_at[i] = dec.adj.clone()
+        wres.append(dec.generate(p, "recycling", a.max_new, 0.0, static, setup.eos))
     wtrace = acceptance_trace(MODEL_NAME, "recycling", 0.0, [st for r in wres for st in r.steps])
     traces["acceptance_recycling_warmup_T0.json"] = wtrace
     planned80 = plan_tree(wtrace, static.size - 1, 8)
     log("warm-up done; planned tree depth", int(planned80.depth.max()))
-    dec.prefill(wprompts[0])            # a real context for the step timings below
+    # step timings at a typical context: the median evaluation prompt, halfway through its decode
+    dec.prefill(sorted(setup.prompts, key=len)[len(setup.prompts) // 2])
+    dec.cache.n += a.max_new // 2
     sizing = size_tree(dec, wtrace, static, log, a.sizing_reps)
     details["tree_sizing"] = sizing["table"]
     hw = sizing["best"]
@@ -232,6 +246,13 @@ def main():
         for tree in [chain(0)] + trees:
             dec.generate(wprompts[0], "recycling", 8, temp, tree, setup.eos)
     adj0 = dec.adj.clone()              # each timed recycling run starts from the same adjacency
+    if adj_at:                          # the template's greedy acceptance after shorter histories
+        details["history_effect"] = {"warm_prompts": sorted(adj_at) + [len(warm)],
+                                     "mean_accepted_static_template_T0": []}
+        for i in sorted(adj_at):
+            dec.adj.copy_(adj_at[i])
+            res, _ = run_method(setup, "recycling", static, a.max_new, 0.0, decoder=dec)
+            details["history_effect"]["mean_accepted_static_template_T0"].append(round(summarize(res)["mean_accepted"], 3))
 
     for temp in (0.0, 1.0):
         ar_res, _ = run_method(setup, "ar", None, a.max_new, temp, decoder=dec)
@@ -243,6 +264,9 @@ def main():
             if temp == 0:
                 same = sum(r.tokens == q.tokens for r, q in zip(res, ar_res))
                 details[f"greedy_identical_to_ar_{tree.name}"] = f"{same}/{len(res)}"
+                if tree is static and "history_effect" in details:
+                    details["history_effect"]["mean_accepted_static_template_T0"].append(
+                        round(summarize(res)["mean_accepted"], 3))
                 log("greedy identical to AR:", same, "/", len(res))
         if time.time() - t_start < a.budget_s * 0.6:
             rsd_tree = constant_branching([4, 2, 1])

@@ -2,22 +2,30 @@
 
 Query t of a draft tree sees the committed prefix (cache slots 0 .. n-1) and then its
 ancestors, root first, ending with itself (slots n + path[t, 0 .. depth[t]]). The kernel
-visits exactly that logical key sequence, in that order, in fixed chunks, so query t's
-arithmetic is the same whatever else is in the call: the token at position p gets
-bit-identical attention output whether it is verified as node t of an 81-node tree or decoded
-autoregressively once its ancestors are committed (then the prefix is longer and the path is
-the token alone; the logical sequence is the same). `tree_attention.py` is the throughput
-kernel (a mask over a contiguous tree block, split-K over the cache); this one trades that for
-invariance, which greedy speculative decoding needs to match autoregressive output exactly.
+visits exactly that logical key sequence, in that order, in blocks of BLOCK_N logical
+positions, with one online softmax (FlashAttention) per query from the first block to the
+last, so query t's arithmetic is the same whatever else is in the call: the token at position p
+gets bit-identical attention output whether it is verified as node t of an 81-node tree or
+decoded autoregressively once its ancestors are committed (then the prefix is longer and the
+path is the token alone; the logical sequence and its blocks are the same). `tree_attention.py`
+is the throughput kernel (a mask over a contiguous tree block, split-K over the cache); this
+one trades that for invariance, which greedy speculative decoding needs to match
+autoregressive output exactly.
 
-One program per (query, KV head, chunk of CHUNK logical keys). The chunk boundaries are
-logical positions, the same for a query in a tree and in the autoregressive step. A chunk
-inside the committed prefix is the same keys for all queries, so one program does it for QB
-queries, their G heads (15 of 16 rows at G = 3) sharing its K/V tiles; other chunks each query
-does alone, its G heads padded to 16 rows. The chunk that finishes last merges a query's
-partial softmaxes in chunk order (flash-decoding, with a fixed merge order). Scores and P V
+One program per (block of QB queries, KV head). A block wholly inside the committed prefix is
+the same keys for all queries: the program does it once for its QB queries, their G heads
+sharing the K/V tiles as the rows of one dot (15 of 16 rows at G = 3, QB = 5). Then, query by
+query, it continues that softmax state through the query's own blocks (the prefix's last
+partial block and its ancestor path), the query's rows of the same 16-row dot. Scores and P V
 are tensor-core dots (a multiply-and-sum in registers ran 5x slower at 81 queries: register
-pressure).
+pressure); an MMA row does not see the other rows, so which queries share a program (QB) does
+not change a query's bits and is chosen per call.
+
+No split over the context (flash-decoding) and so no partials, merge, atomics or scratch:
+a program walks its queries' contexts in sequence. SmolLM2's contexts here are < 1K tokens
+(~16 blocks); an earlier version split the context into chunks merged in chunk order, and its
+T x Hkv x chunks grid of mostly idle programs made the 81-query step 2.5-3x the 1-query step
+(benchmarks/results/tune_fused_llama_h200_attention_session3.json).
 """
 from __future__ import annotations
 
@@ -30,8 +38,8 @@ import triton.language as tl
 from specmoe.kernels._common import empty, lookup, next_pow2
 
 LOG2E = 1.4426950408889634
-CHUNK = 128      # keys per program; a query's keys [0, L) split at fixed logical positions
-BLOCK_N = 32     # keys per inner iteration
+BLOCK_N = 32     # logical key positions per step of the online softmax
+CHUNK = 128      # logical key positions per program (flash-decoding split, merged in chunk order)
 
 
 @triton.jit
@@ -52,141 +60,135 @@ def _softmax_block(q, KC, VC, kvh, slot, valid, d, d_ok, stride_ch, stride_cs, m
 
 
 @triton.jit
-def _count_and_merge(t, kvh, n_ch, O, WS, CNT, stride_om, G: tl.constexpr, ROWS: tl.constexpr,
-                     D: tl.constexpr, D_P: tl.constexpr, N_CHUNKS: tl.constexpr):
-    """Count chunk arrivals of (t, kvh); the last one merges the partials in chunk order."""
-    row = t * tl.num_programs(1) + kvh
-    if tl.atomic_add(CNT + row, 1, sem="acq_rel") == n_ch - 1:
-        g = tl.arange(0, ROWS)
-        d = tl.arange(0, D_P)
-        m_all = tl.full([ROWS], float("-inf"), tl.float32)
-        l_all = tl.zeros([ROWS], tl.float32)
-        o = tl.zeros([ROWS, D_P], tl.float32)
-        for j in range(n_ch):                    # one pass, rescaling as the max grows
-            b = WS + (row * N_CHUNKS + j) * ROWS * (D_P + 2)
-            m_j = tl.load(b + ROWS * D_P + g, cache_modifier=".cg")
-            l_j = tl.load(b + ROWS * D_P + ROWS + g, cache_modifier=".cg")
-            o_j = tl.load(b + g[:, None] * D_P + d[None, :], cache_modifier=".cg")
-            m_new = tl.maximum(m_all, m_j)
-            a = tl.math.exp2(m_all - m_new)
-            w = tl.math.exp2(m_j - m_new)
-            l_all = l_all * a + l_j * w
-            o = o * a[:, None] + o_j * w[:, None]
-            m_all = m_new
-        tl.store(O + t * stride_om + (kvh * G + g)[:, None] * D + d[None, :], o / l_all[:, None],
-                 mask=(g < G)[:, None] & (d < D)[None, :])
-        tl.atomic_xchg(CNT + row, 0)
-
-
-@triton.jit
-def _park(WS, t, kvh, c, g, row_ok, d, m_i, l_i, acc, ROWS: tl.constexpr, D_P: tl.constexpr,
-          N_CHUNKS: tl.constexpr):
-    """Store the partial (acc, m, l) of chunk c of query t (one, or one per row), rows g."""
-    b = ((t * tl.num_programs(1) + kvh) * N_CHUNKS + c) * ROWS * (D_P + 2)
-    tl.store(WS + (b + g * D_P)[:, None] + d[None, :], acc, mask=row_ok[:, None])
-    tl.store(WS + b + ROWS * D_P + g, m_i, mask=row_ok)
-    tl.store(WS + b + ROWS * D_P + ROWS + g, l_i, mask=row_ok)
-
-
-@triton.jit
 def _path_attn_kernel(Q, KC, VC, O, Nbuf, Depth, Path, WS, CNT, T,
                       stride_qm, stride_ch, stride_cs, stride_om, stride_pt, qk_scale,
                       G: tl.constexpr, QB: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr,
-                      D_P: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+                      D_P: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
                       N_CHUNKS: tl.constexpr, PREC: tl.constexpr):
-    """Program (query t, kvh, chunk c) over logical keys [c * CHUNK, (c + 1) * CHUNK).
-
-    A chunk wholly inside the committed prefix is the same keys for every query: the first
-    query of each block of QB does it for the block, the G heads of its QB queries sharing
-    its K/V tiles as the ROWS rows of one dot (the block's other programs exit). Any other
-    chunk each query walks through its own ancestor path. Either way a row's arithmetic
-    is the same (an MMA row does not see the other rows), so a query gets the same bits
-    whether the chunk is shared prefix here or its own path in another step.
-    """
-    t = tl.program_id(0)
+    """Program (queries tb * QB .. tb * QB + QB - 1, KV head kvh, chunk c of CHUNK logical
+    positions); row r of its tiles is head r % G of query tb * QB + r // G."""
+    tb = tl.program_id(0)
     kvh = tl.program_id(1)
     c = tl.program_id(2)
     n = tl.load(Nbuf).to(tl.int32)
     d = tl.arange(0, D_P)
     d_ok = d < D
+    r = tl.arange(0, ROWS)
+    qi = r // G
+    g = r % G
+    tr = tb * QB + qi
+    r_ok = (r < QB * G) & (tr < T)
+    L_r = n + tl.load(Depth + tr, mask=r_ok, other=0) + 1          # each row's key count
+    n_ch = tl.cdiv(tl.max(tl.where(r_ok, L_r, 0), 0), CHUNK)       # chunks the block needs
     lo = c * CHUNK
-    if lo + CHUNK <= n:
-        if t % QB == 0:                          # the block's first query does the shared chunk
-            r = tl.arange(0, ROWS)
-            tr = t + r // G
-            g = r % G
-            r_ok = (r < QB * G) & (tr < T)
-            q = tl.load(Q + tr[:, None] * stride_qm + (kvh * G + g)[:, None] * D + d[None, :],
-                        mask=r_ok[:, None] & d_ok[None, :], other=0.0) * qk_scale
-            m_i = tl.full([ROWS], float("-inf"), tl.float32)
-            l_i = tl.zeros([ROWS], tl.float32)
-            acc = tl.zeros([ROWS, D_P], tl.float32)
-            for s0 in range(lo, lo + CHUNK, BLOCK_N):
-                idx = s0 + tl.arange(0, BLOCK_N)
-                m_i, l_i, acc = _softmax_block(q, KC, VC, kvh, idx, idx < n, d, d_ok, stride_ch, stride_cs,
-                                               m_i, l_i, acc, PREC)
-            _park(WS, tr, kvh, c, g, r_ok, d, m_i, l_i, acc, ROWS, D_P, N_CHUNKS)
-            tl.debug_barrier()                   # every row's partial before the counts
-            for qi in range(QB):
-                if t + qi < T:
-                    n_ch = tl.cdiv(n + tl.load(Depth + t + qi) + 1, CHUNK)
-                    _count_and_merge(t + qi, kvh, n_ch, O, WS, CNT, stride_om, G, ROWS, D, D_P, N_CHUNKS)
-    else:
-        L = n + tl.load(Depth + t) + 1           # keys: prefix, then the path root..t
-        n_ch = tl.cdiv(L, CHUNK)
-        if c < n_ch:
-            g = tl.arange(0, ROWS)
-            g_ok = g < G
-            q = tl.load(Q + t * stride_qm + (kvh * G + g)[:, None] * D + d[None, :],
-                        mask=g_ok[:, None] & d_ok[None, :], other=0.0) * qk_scale
-            m_i = tl.full([ROWS], float("-inf"), tl.float32)
-            l_i = tl.zeros([ROWS], tl.float32)
-            acc = tl.zeros([ROWS, D_P], tl.float32)
-            for s0 in range(lo, tl.minimum(lo + CHUNK, L), BLOCK_N):
-                idx = s0 + tl.arange(0, BLOCK_N)
-                valid = idx < L
-                in_tree = idx >= n
-                node = tl.load(Path + t * stride_pt + (idx - n), mask=valid & in_tree, other=0)
-                slot = tl.where(in_tree, n + node, idx)
-                m_i, l_i, acc = _softmax_block(q, KC, VC, kvh, slot, valid, d, d_ok, stride_ch,
-                                               stride_cs, m_i, l_i, acc, PREC)
-            if n_ch == 1:
-                tl.store(O + t * stride_om + (kvh * G + g)[:, None] * D + d[None, :],
-                         acc / l_i[:, None], mask=g_ok[:, None] & d_ok[None, :])
-            else:
-                _park(WS, t, kvh, c, g, g_ok, d, m_i, l_i, acc, ROWS, D_P, N_CHUNKS)
-                tl.debug_barrier()
-                _count_and_merge(t, kvh, n_ch, O, WS, CNT, stride_om, G, ROWS, D, D_P, N_CHUNKS)
+    if c < n_ch:
+        q = tl.load(Q + tr[:, None] * stride_qm + (kvh * G + g)[:, None] * D + d[None, :],
+                    mask=r_ok[:, None] & d_ok[None, :], other=0.0) * qk_scale
+        m_i = tl.full([ROWS], float("-inf"), tl.float32)
+        l_i = tl.zeros([ROWS], tl.float32)
+        acc = tl.zeros([ROWS, D_P], tl.float32)
+        j_lo = lo // BLOCK_N
+        j_hi = (lo + CHUNK) // BLOCK_N
+        j_shared = tl.minimum(n // BLOCK_N, j_hi)        # blocks wholly inside the prefix: shared
+        for j in range(j_lo, j_shared):
+            idx = j * BLOCK_N + tl.arange(0, BLOCK_N)
+            m_i, l_i, acc = _softmax_block(q, KC, VC, kvh, idx, idx < n, d, d_ok, stride_ch, stride_cs,
+                                           m_i, l_i, acc, PREC)
+        base = WS + ((tb * tl.num_programs(1) + kvh) * N_CHUNKS + c) * ROWS * (D_P + 2)
+        for i in range(QB):                      # then each query's own blocks, from that state
+            t = tb * QB + i
+            if t < T:
+                L = n + tl.load(Depth + t) + 1   # keys: prefix, then the path root..t
+                if lo < L:
+                    m_t, l_t, acc_t = m_i, l_i, acc
+                    for j in range(tl.maximum(j_shared, j_lo), tl.minimum(j_hi, tl.cdiv(L, BLOCK_N))):
+                        idx = j * BLOCK_N + tl.arange(0, BLOCK_N)
+                        valid = idx < L
+                        in_tree = idx >= n
+                        node = tl.load(Path + t * stride_pt + (idx - n), mask=valid & in_tree, other=0)
+                        slot = tl.where(in_tree, n + node, idx)
+                        m_t, l_t, acc_t = _softmax_block(q, KC, VC, kvh, slot, valid, d, d_ok, stride_ch,
+                                                         stride_cs, m_t, l_t, acc_t, PREC)
+                    mine = (qi == i) & (g < G)
+                    if n_ch == 1:                # one chunk: the answer (a merge of one is exact)
+                        tl.store(O + t * stride_om + (kvh * G + g)[:, None] * D + d[None, :],
+                                 acc_t / l_t[:, None], mask=mine[:, None] & d_ok[None, :])
+                    else:                        # park this chunk's partial (m, l, acc) rows
+                        tl.store(base + r[:, None] * D_P + d[None, :], acc_t, mask=mine[:, None])
+                        tl.store(base + ROWS * D_P + r, m_t, mask=mine)
+                        tl.store(base + ROWS * D_P + ROWS + r, l_t, mask=mine)
+        if n_ch > 1:
+            tl.debug_barrier()                   # every row's partial before the count
+            cnt = CNT + tb * tl.num_programs(1) + kvh
+            if tl.atomic_add(cnt, 1, sem="acq_rel") == n_ch - 1:    # last chunk to finish: merge
+                _merge(O, WS, tb, kvh, L_r, r_ok, tr, qi, g, d, d_ok, n_ch, stride_om,
+                       G, ROWS, D, D_P, CHUNK, N_CHUNKS)
+                tl.atomic_xchg(cnt, 0)
+
+
+@triton.jit
+def _merge(O, WS, tb, kvh, L_r, r_ok, tr, qi, g, d, d_ok, n_ch, stride_om,
+           G: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr, D_P: tl.constexpr,
+           CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr):
+    """Every row's chunk partials, in chunk order, one pass rescaling as the max grows; a row
+    stops at its own query's last chunk (the same merge the query gets alone)."""
+    r = tl.arange(0, ROWS)
+    ch_r = tl.cdiv(L_r, CHUNK)
+    m_all = tl.full([ROWS], float("-inf"), tl.float32)
+    l_all = tl.zeros([ROWS], tl.float32)
+    o = tl.zeros([ROWS, D_P], tl.float32)
+    for j in range(n_ch):
+        b = WS + ((tb * tl.num_programs(1) + kvh) * N_CHUNKS + j) * ROWS * (D_P + 2)
+        use = r_ok & (j < ch_r)
+        m_j = tl.load(b + ROWS * D_P + r, mask=use, other=0.0, cache_modifier=".cg")
+        l_j = tl.load(b + ROWS * D_P + ROWS + r, mask=use, other=0.0, cache_modifier=".cg")
+        o_j = tl.load(b + r[:, None] * D_P + d[None, :], mask=use[:, None], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m_all, m_j)
+        a = tl.math.exp2(m_all - m_new)
+        w = tl.math.exp2(m_j - m_new)
+        l_all = tl.where(use, l_all * a + l_j * w, l_all)
+        o = tl.where(use[:, None], o * a[:, None] + o_j * w[:, None], o)
+        m_all = tl.where(use, m_new, m_all)
+    tl.store(O + tr[:, None] * stride_om + (kvh * G + g)[:, None] * D + d[None, :], o / l_all[:, None],
+             mask=(r_ok & (g < G))[:, None] & d_ok[None, :])
 
 
 def path_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, n: torch.Tensor,
-                   depth: torch.Tensor, path: torch.Tensor, chunk: int | None = None,
-                   block_n: int | None = None, precision: str = "tf32") -> torch.Tensor:
+                   depth: torch.Tensor, path: torch.Tensor, block_n: int | None = None,
+                   chunk: int | None = None, qb: int | None = None, precision: str = "tf32") -> torch.Tensor:
     """softmax(q k^T / sqrt(hd)) v over each query's prefix + ancestor path.
 
     q [T, H, hd] fp32; k_cache, v_cache [Hkv, S, hd] (one layer; the tree's K/V already in slots
     n .. n+T-1); n 0-d int tensor (committed length, read on the device); depth [T] int32;
     path [T, P] int32 with path[t, d] = tree index of t's ancestor at depth d (path[t, depth[t]]
-    = t). precision: tl.dot's input_precision for q k^T and P V; chunk, block_n default to the
-    device's tuned entry in configs.json ("path_attention"), else CHUNK, BLOCK_N.
-    Returns [T, H * hd] fp32. Programs: T x Hkv x ceil(S / chunk); those past a query's keys,
-    or of a shared prefix chunk another query does, exit at once (the grid is static, so a step can be a CUDA graph).
+    = t). precision: tl.dot's input_precision for q k^T and P V.
+    block_n (keys per softmax step) and chunk (logical positions per program, a multiple of
+    block_n) are part of a query's arithmetic, so fixed per head shape; qb (queries per
+    program, 1 .. 16 // G) changes no bits and is free. Defaults: the device's tuned entry in
+    configs.json ("path_attention"), else BLOCK_N, CHUNK and 16 // G.
+    Returns [T, H * hd] fp32. Programs: ceil(T / qb) x Hkv x ceil(S / chunk); those past
+    their queries' keys exit at once (the grid is static, so a step can be a CUDA graph).
     """
     from specmoe.kernels.dense import _scratch
     T, H, hd = q.shape
     hkv, S, _ = k_cache.shape
-    cfg = lookup("path_attention", q.device, f"{H},{hkv},{hd}", None, {"CHUNK": CHUNK, "BLOCK_N": BLOCK_N})
-    chunk, block_n = chunk or cfg["CHUNK"], block_n or cfg["BLOCK_N"]
-    assert k_cache.stride() == v_cache.stride() and k_cache.stride(2) == 1 and q.is_contiguous()
-    out = empty((T, H * hd), torch.float32, q.device)
     G = H // hkv
     rows = max(16, next_pow2(G))                 # tl.dot's smallest M; QB queries fill it
-    qb, d_p, n_chunks = rows // G, max(16, next_pow2(hd)), -(-S // chunk)
-    cnt, ws = _scratch(q.device, T * hkv, T * hkv * n_chunks * rows * (d_p + 2))
-    _path_attn_kernel[(T, hkv, n_chunks)](
+    cfg = lookup("path_attention", q.device, f"{H},{hkv},{hd}", None,
+                 {"BLOCK_N": BLOCK_N, "CHUNK": CHUNK, "QB": rows // G})
+    block_n, chunk, qb = block_n or cfg["BLOCK_N"], chunk or cfg["CHUNK"], qb or cfg["QB"]
+    if not 1 <= qb <= rows // G:
+        raise ValueError(f"qb={qb}: 1 .. {rows // G} queries of {G} heads fit a {rows}-row tile")
+    if chunk % block_n:
+        raise ValueError(f"chunk={chunk} is not a multiple of block_n={block_n}")
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(2) == 1 and q.is_contiguous()
+    out = empty((T, H * hd), torch.float32, q.device)
+    d_p, n_chunks, n_tb = max(16, next_pow2(hd)), -(-S // chunk), triton.cdiv(T, qb)
+    cnt, ws = _scratch(q.device, n_tb * hkv, n_tb * hkv * n_chunks * rows * (d_p + 2))
+    _path_attn_kernel[(n_tb, hkv, n_chunks)](
         q, k_cache, v_cache, out, n, depth, path, ws, cnt, T,
         q.stride(0), k_cache.stride(0), k_cache.stride(1), out.stride(0), path.stride(0),
         LOG2E / math.sqrt(hd),
-        G=G, QB=qb, ROWS=rows, D=hd, D_P=d_p, CHUNK=chunk, BLOCK_N=block_n, N_CHUNKS=n_chunks,
+        G=G, QB=qb, ROWS=rows, D=hd, D_P=d_p, BLOCK_N=block_n, CHUNK=chunk, N_CHUNKS=n_chunks,
         PREC=precision)
     return out

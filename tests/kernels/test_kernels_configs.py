@@ -21,7 +21,7 @@ def test_shipped_configs_are_well_formed():
             "moe_down": {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}}
     # one config per shape, no token-count buckets (batch invariance: never chosen by M)
     flat = {"fused_linear": {"BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT", "num_warps", "num_stages"},
-            "path_attention": {"CHUNK", "BLOCK_N"}}
+            "path_attention": {"BLOCK_N", "CHUNK", "QB"}}
     devices = _common._load_configs()["devices"]
     assert devices
     for kernels in devices.values():

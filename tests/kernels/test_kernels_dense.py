@@ -77,8 +77,9 @@ def _paths(parents):
     return torch.as_tensor(depth), torch.as_tensor(path)
 
 
-@pytest.mark.parametrize("T,n,G", [(1, 0, 3), (1, 70, 3), (13, 37, 3), (24, 130, 1)])
-def test_path_attention_matches_masked_sdpa(T, n, G):
+@pytest.mark.parametrize("T,n,G,qb,chunk", [(1, 0, 3, None, 32), (1, 70, 3, None, 32), (13, 37, 3, 5, 32),
+                                            (13, 37, 3, 2, 1024), (24, 130, 1, 16, 48), (24, 130, 1, 3, 32)])
+def test_path_attention_matches_masked_sdpa(T, n, G, qb, chunk):
     gen = torch.Generator().manual_seed(T * 100 + n)
     hkv, hd = 2, 16
     parents = random_parents(gen, 1, T)[0]
@@ -87,7 +88,7 @@ def test_path_attention_matches_masked_sdpa(T, n, G):
     kc, vc = _rand(gen, hkv, S, hd), _rand(gen, hkv, S, hd)
     kc[:, n + T:] = vc[:, n + T:] = float("nan")                      # past the tree: never read
     depth, path = _paths(parents.tolist())
-    out = path_attention(q, kc, vc, torch.tensor(n), depth, path, chunk=32, block_n=16, precision="ieee")
+    out = path_attention(q, kc, vc, torch.tensor(n), depth, path, block_n=16, chunk=chunk, qb=qb, precision="ieee")
     ref = tree_attention_ref(q[None], kc.transpose(0, 1)[None], vc.transpose(0, 1)[None],
                              torch.tensor([n]), parents[None])[0]
     assert rel_err(out.view(T, -1, hd), ref) < 1e-5
@@ -108,11 +109,15 @@ def test_rows_do_not_depend_on_the_rest_of_the_call():
     q = _rand(gen, 5, G, hd)
     kc, vc = _rand(gen, hkv, 80, hd), _rand(gen, hkv, 80, hd)
     depth, path = _paths(parents)
-    tree_out = path_attention(q, kc, vc, torch.tensor(n), depth, path, chunk=32, block_n=16, precision="ieee")
+    tree_out = path_attention(q, kc, vc, torch.tensor(n), depth, path, block_n=16, chunk=32, precision="ieee")
     ar_k, ar_v = kc.clone(), vc.clone()                                # commit 0, 1 then decode 3
     for d, node in enumerate([0, 1, 3]):
         ar_k[:, n + d], ar_v[:, n + d] = kc[:, n + node], vc[:, n + node]
     one = torch.zeros(1, dtype=torch.int32)
-    ar_out = path_attention(q[3:4], ar_k, ar_v, torch.tensor(n + 2), one, one[None], chunk=32, block_n=16, precision="ieee")
+    ar_out = path_attention(q[3:4], ar_k, ar_v, torch.tensor(n + 2), one, one[None], block_n=16, chunk=32,
+                            precision="ieee")
     assert torch.equal(ar_out[0], tree_out[3])
+    for qb in (1, 2):                   # queries per program: free, the bits stay
+        again = path_attention(q, kc, vc, torch.tensor(n), depth, path, block_n=16, chunk=32, qb=qb, precision="ieee")
+        assert torch.equal(again, tree_out)
     assert math.isfinite(float(tree_out.sum()))

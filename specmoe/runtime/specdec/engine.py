@@ -62,6 +62,30 @@ class _Runner:
         return self.out
 
 
+class _HostRing:
+    """Two pinned host slots for step results: put(i, t) copies t to slot i % 2 without waiting
+    (CUDA), get(i) waits for step i's copy and returns it as a list. On a CPU, put is a plain copy."""
+
+    def __init__(self, n: int, device: torch.device):
+        self.async_ = device.type == "cuda"
+        self.host = [torch.empty(n, dtype=torch.long, pin_memory=self.async_) for _ in range(2)]
+        self.events = [torch.cuda.Event() for _ in range(2)] if self.async_ else None
+
+    def put(self, i: int, t: torch.Tensor) -> None:
+        self.host[i % 2].copy_(t, non_blocking=self.async_)
+        if self.async_:
+            self.events[i % 2].record()
+
+    def get(self, i: int) -> list[int]:
+        if self.async_:
+            self.events[i % 2].synchronize()
+        return self.host[i % 2].tolist()
+
+    def sync(self) -> None:
+        if self.async_:
+            torch.cuda.synchronize()
+
+
 class Decoder:
     """One sequence's decoding state: model, static cache, per-tree graphs, Token Recycling's adjacency."""
 
@@ -289,47 +313,71 @@ class Decoder:
 
     @torch.no_grad()
     def step_time_s(self, tree: TreeTemplate, temperature: float = 0.0, reps: int = 30) -> float:
-        """Median wall time of one recycling step with `tree` (AR for a 1-node tree), state restored.
-
-        Each repetition restarts from the same committed length, so the cache never fills.
-        """
+        """Time per recycling step with `tree` (AR for a 1-node tree), as the decode loop runs it:
+        `reps` steps launched back to back, each restarted from the same committed length (so
+        the cache never fills) and its result copied to the host; state restored afterwards.
+        Returns the median over 5 such runs of (wall time / reps)."""
         st = self._recycling_graph(tree, temperature)
         restore = self._snapshot(st["tok"])
         n0 = self.cache.n
         if n0 + tree.size > self.max_len:
             raise ValueError("KV cache full: raise max_len")
-        sync = torch.cuda.synchronize if self.model.device.type == "cuda" else (lambda: None)
+        ring = _HostRing(2 * st["depth"] + 4, self.model.device)
         times = []
-        for _ in range(reps):
-            self.n_buf.fill_(n0)
-            sync()
-            if st["noise"] is not None:
-                st["noise"].uniform_(generator=self.gen)
+        for _ in range(5):
+            ring.sync()
             t0 = time.perf_counter()
-            st["run"]().tolist()
-            times.append(time.perf_counter() - t0)
+            for i in range(reps):
+                self.n_buf.fill_(n0)
+                ring.put(i, self._launch(st))
+            ring.get(reps - 1)
+            times.append((time.perf_counter() - t0) / reps)
         restore()
         return float(np.median(times))
 
+    def _launch(self, st: dict) -> torch.Tensor:
+        """Enqueue one recycling step (fresh Gumbel noise when sampling); returns its result tensor."""
+        if st["noise"] is not None:
+            st["noise"].uniform_(generator=self.gen)
+        return st["run"]()
+
     def _recycling_loop(self, root: int, tree: TreeTemplate, temperature: float, max_new: int,
                         eos: int | None):
+        """Steps until max_new tokens or eos. On CUDA step i + 1 is launched before the host reads
+        step i's result (it needs none of it: the root and the committed length stay on the
+        device), so the GPU never waits for the host; the price is at most one extra step per
+        sequence, launched when step i turns out to be the last (its result is dropped)."""
         st = self._recycling_graph(tree, temperature)
         tok, d = st["tok"], st["depth"]
         self.n_buf.fill_(self.cache.n)
         tok[0] = root
+        ring = _HostRing(2 * d + 4, self.model.device)      # [L, path, its tokens, bonus]
         out, steps = [], []
-        while len(out) < max_new and (eos is None or eos not in out):
-            if self.cache.n + tree.size > self.max_len:
-                raise ValueError("KV cache full: raise max_len")
-            if st["noise"] is not None:
-                st["noise"].uniform_(generator=self.gen)
-            res = st["run"]().tolist()                                 # the step's one sync
+        if max_new <= 0:
+            return out, steps
+        if self.cache.n + tree.size > self.max_len:
+            raise ValueError("KV cache full: raise max_len")
+        ring.put(0, self._launch(st))
+        i = 0
+        while True:
+            # step i + 1 may start before step i is read if it surely fits in the cache (step i
+            # commits at most d + 1 tokens) and step i surely leaves tokens to generate
+            ahead = (ring.async_ and len(out) + 1 < max_new
+                     and self.cache.n + d + 1 + tree.size <= self.max_len)
+            if ahead:
+                ring.put(i + 1, self._launch(st))
+            res = ring.get(i)
             n_acc = res[0]
-            accepted = res[2: 1 + n_acc]
-            steps.append({"parents": list(tree.parents), "accepted": accepted})
+            steps.append({"parents": list(tree.parents), "accepted": res[2: 1 + n_acc]})
             out.extend(res[d + 3: d + 2 + n_acc] + [res[-1]])
             self.cache.n += n_acc
-        return out, steps
+            if len(out) >= max_new or (eos is not None and eos in out[-n_acc:]):
+                return out, steps
+            if not ahead:
+                if self.cache.n + tree.size > self.max_len:
+                    raise ValueError("KV cache full: raise max_len")
+                ring.put(i + 1, self._launch(st))
+            i += 1
 
     def _rsd_step(self, root: int, tree: TreeTemplate, temperature: float):
         """Draft level by level (Gumbel-top-k, or top-k when greedy), verify once, then RRS."""
