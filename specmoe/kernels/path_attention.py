@@ -149,6 +149,7 @@ def _merge(O, WS, tb, kvh, L_r, r_ok, tr, qi, g, d, d_ok, n_ch, stride_om,
         l_all = tl.where(use, l_all * a + l_j * w, l_all)
         o = tl.where(use[:, None], o * a[:, None] + o_j * w[:, None], o)
         m_all = tl.where(use, m_new, m_all)
+    l_all = tl.where(r_ok, l_all, 1.0)           # padding rows: 0 / 0 otherwise (not stored)
     tl.store(O + tr[:, None] * stride_om + (kvh * G + g)[:, None] * D + d[None, :], o / l_all[:, None],
              mask=(r_ok & (g < G))[:, None] & d_ok[None, :])
 
