@@ -3,8 +3,8 @@
 Query t of a draft tree sees the committed prefix (cache slots 0 .. n-1) and then its
 ancestors, root first, ending with itself (slots n + path[t, 0 .. depth[t]]). The kernel
 visits exactly that logical key sequence, in that order, in blocks of BLOCK_N logical
-positions, with one online softmax (FlashAttention) per query from the first block to the
-last, so query t's arithmetic is the same whatever else is in the call: the token at position p
+positions, with an online softmax (FlashAttention) per query and chunk (below), so query t's
+arithmetic is the same whatever else is in the call: the token at position p
 gets bit-identical attention output whether it is verified as node t of an 81-node tree or
 decoded autoregressively once its ancestors are committed (then the prefix is longer and the
 path is the token alone; the logical sequence and its blocks are the same). `tree_attention.py`
@@ -12,19 +12,22 @@ is the throughput kernel (a mask over a contiguous tree block, split-K over the 
 one trades that for invariance, which greedy speculative decoding needs to match
 autoregressive output exactly.
 
-One program per (block of QB queries, KV head). A block wholly inside the committed prefix is
-the same keys for all queries: the program does it once for its QB queries, their G heads
-sharing the K/V tiles as the rows of one dot (15 of 16 rows at G = 3, QB = 5). Then, query by
-query, it continues that softmax state through the query's own blocks (the prefix's last
-partial block and its ancestor path), the query's rows of the same 16-row dot. Scores and P V
-are tensor-core dots (a multiply-and-sum in registers ran 5x slower at 81 queries: register
-pressure); an MMA row does not see the other rows, so which queries share a program (QB) does
-not change a query's bits and is chosen per call.
+One program per (block of QB queries, KV head, chunk of CHUNK logical positions). A block
+of keys wholly inside the committed prefix is the same keys for all queries: the program does
+it once for its QB queries, their G heads sharing the K/V tiles as the rows of one dot (at
+G = 3, QB = 2 fills 6 of 16 rows, QB = 5 15). Then, query by query, it continues that softmax
+state through the query's own blocks of the chunk (the prefix's last partial block and its
+ancestor path), the query's rows of the same 16-row dot. Scores and P V are tensor-core dots
+(a multiply-and-sum in registers ran 5x slower at 81 queries: register pressure); an MMA row
+does not see the other rows, so which queries share a program (QB) changes no bits and is
+chosen per call.
 
-No split over the context (flash-decoding) and so no partials, merge, atomics or scratch:
-a program walks its queries' contexts in sequence. SmolLM2's contexts here are < 1K tokens
-(~16 blocks); an earlier version split the context into chunks merged in chunk order, and its
-T x Hkv x chunks grid of mostly idle programs made the 81-query step 2.5-3x the 1-query step
+Chunks (flash-decoding) split long contexts over programs; the last chunk program to finish
+merges every row's partials in chunk order, each row stopping at its own query's last chunk
+(a merge of one partial is exact, so a query gets the same bits in a block of longer queries
+as alone). At SmolLM2's contexts (< 1K tokens) the tuned CHUNK is 1024: one program walks
+the whole context. Session 3's kernel ran one program per (query, KV head, 64-key chunk) and
+its grid of mostly idle programs made the 81-query call 2.6x the 1-query call
 (benchmarks/results/tune_fused_llama_h200_attention_session3.json).
 """
 from __future__ import annotations
