@@ -346,7 +346,8 @@ class Decoder:
         """Steps until max_new tokens or eos. On CUDA step i + 1 is launched before the host reads
         step i's result (it needs none of it: the root and the committed length stay on the
         device), so the GPU never waits for the host; the price is at most one extra step per
-        sequence, launched when step i turns out to be the last (its result is dropped)."""
+        sequence, launched when step i turns out to be the last (its result is dropped; its
+        adjacency update stays, as any verified step's does)."""
         st = self._recycling_graph(tree, temperature)
         tok, d = st["tok"], st["depth"]
         self.n_buf.fill_(self.cache.n)
