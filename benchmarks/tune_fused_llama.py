@@ -56,12 +56,13 @@ def dense_case(name, N, K, kind, M, cfg, dev):
 def dense_configs(N, K):
     lm_head = N >= 16384
     if lm_head:
-        for bm, bn, warps in itertools.product((16, 32, 64), (64, 128, 256), (4, 8)):
+        for bm, bn, warps in itertools.product((16, 64, 128), (64, 128, 256), (4, 8)):
             yield {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 64, "SPLIT": 1, "num_warps": warps, "num_stages": 2}
         return
-    for bm, bn, split in itertools.product((16, 32, 64), (32, 64, 128), (2, 3, 4, 6)):
+    for bm, bn, split in itertools.product((16, 64, 128), (32, 64, 128), (2, 3, 6)):
         if K // split >= 64:
-            yield {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 64, "SPLIT": split, "num_warps": 4, "num_stages": 2}
+            yield {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 64, "SPLIT": split, "num_warps": 4 if bm < 128 else 8,
+                   "num_stages": 2}
 
 
 def main():

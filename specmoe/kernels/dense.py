@@ -75,16 +75,17 @@ def _scratch(device, counters: int, floats: int) -> tuple[torch.Tensor, torch.Te
 
 
 @triton.jit
-def _splitk_sum(acc, ss, WS, CNT, tile, pid_s, SPLIT: tl.constexpr,
+def _splitk_sum(acc, ss, m_ok, WS, CNT, tile, pid_s, SPLIT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Park this split's (acc [BLOCK_M, BLOCK_W], ss [BLOCK_M]); the last split of the tile
-    gets the sums in split order. Returns (acc, ss, is_last)."""
+    """Park this split's (acc [BLOCK_M, BLOCK_W], ss [BLOCK_M]) rows that exist (m_ok); the
+    last split of the tile gets the sums in split order. Returns (acc, ss, is_last).
+    (Padding rows are neither stored nor loaded: at one row a 64-row tile moves 1/64 of it.)"""
     r = tl.arange(0, BLOCK_M)
     c = tl.arange(0, BLOCK_W)
     stride = BLOCK_M * (BLOCK_W + 1)
     base = WS + (tile * SPLIT + pid_s) * stride
-    tl.store(base + r[:, None] * BLOCK_W + c[None, :], acc)
-    tl.store(base + BLOCK_M * BLOCK_W + r, ss)
+    tl.store(base + r[:, None] * BLOCK_W + c[None, :], acc, mask=m_ok[:, None])
+    tl.store(base + BLOCK_M * BLOCK_W + r, ss, mask=m_ok)
     tl.debug_barrier()                                   # every thread's stores before the count
     cnt = tl.atomic_add(CNT + tile, 1, sem="acq_rel")
     last = cnt == SPLIT - 1
@@ -93,8 +94,9 @@ def _splitk_sum(acc, ss, WS, CNT, tile, pid_s, SPLIT: tl.constexpr,
         ss = tl.zeros((BLOCK_M,), tl.float32)
         for s in range(SPLIT):
             b = WS + (tile * SPLIT + s) * stride
-            acc += tl.load(b + r[:, None] * BLOCK_W + c[None, :], cache_modifier=".cg")
-            ss += tl.load(b + BLOCK_M * BLOCK_W + r, cache_modifier=".cg")
+            acc += tl.load(b + r[:, None] * BLOCK_W + c[None, :], mask=m_ok[:, None], other=0.0,
+                           cache_modifier=".cg")
+            ss += tl.load(b + BLOCK_M * BLOCK_W + r, mask=m_ok, other=0.0, cache_modifier=".cg")
         tl.atomic_xchg(CNT + tile, 0)
     return acc, ss, last
 
@@ -133,7 +135,7 @@ def _fused_linear_kernel(
     last = True
     if SPLIT > 1:
         n_tiles_n = tl.num_programs(1)
-        acc, ss, last = _splitk_sum(acc, ss, WS, CNT, pid_m * n_tiles_n + pid_n, pid_s,
+        acc, ss, last = _splitk_sum(acc, ss, m_ok, WS, CNT, pid_m * n_tiles_n + pid_n, pid_s,
                                     SPLIT, BLOCK_M, BLOCK_N)
     if last:
         if NORM:

@@ -1,5 +1,6 @@
 """The fused (Triton) verify forward of the SmolLM2 Llama against the plain-torch model, and
 greedy Token Recycling on it equal to autoregressive decoding, under Triton's interpreter."""
+import pytest
 import torch
 
 from specmoe.runtime.specdec.engine import Decoder
@@ -51,12 +52,25 @@ def test_fused_greedy_recycling_equals_fused_autoregressive():
     assert dec.generate([5, 17, 33, 8], "recycling", 16, tree=chain(2)).tokens == ar.tokens
 
 
-def test_fused_prefill_fills_the_cache_as_the_torch_model_does():
+@pytest.mark.parametrize("max_len", [64, 14])      # padded to the 64-token bucket / to max_len
+def test_fused_prefill_fills_the_cache_as_the_torch_model_does(max_len):
     m = tiny_llama(vocab=48)
     prompt = [5, 17, 33, 8, 40, 2, 9, 11, 30, 7, 1, 44]
     caches = []
     for kernels in ("torch", "triton"):
-        dec = Decoder(m, 64, kernels=kernels, use_graphs=False, precision="ieee")
+        dec = Decoder(m, max_len, kernels=kernels, use_graphs=False, precision="ieee")
         assert dec.prefill(prompt) == prompt[-1] and dec.cache.n == len(prompt) - 1
         caches.append((dec.cache.k[:, :, : dec.cache.n], dec.cache.v[:, :, : dec.cache.n]))
     assert rel_err(caches[1][0], caches[0][0]) < 1e-5 and rel_err(caches[1][1], caches[0][1]) < 1e-5
+
+
+def test_fused_prefill_padding_changes_no_bits():
+    """The prompt's cache slots are the same bits whatever the padding (14 vs 64 rows)."""
+    m = tiny_llama(vocab=48)
+    prompt = [5, 17, 33, 8, 40, 2, 9, 11, 30, 7, 1, 44]
+    kv = []
+    for max_len in (14, 64):
+        dec = Decoder(m, max_len, kernels="triton", use_graphs=False)
+        dec.prefill(prompt)
+        kv.append((dec.cache.k[:, :, : dec.cache.n].clone(), dec.cache.v[:, :, : dec.cache.n].clone()))
+    assert torch.equal(kv[0][0], kv[1][0]) and torch.equal(kv[0][1], kv[1][1])

@@ -62,6 +62,9 @@ class _Runner:
         return self.out
 
 
+PREFILL_BUCKET = 64      # fused prefill pads the prompt to a multiple of this: one CUDA graph per bucket
+
+
 class _HostRing:
     """Two pinned host slots for step results: put(i, t) copies t to slot i % 2 without waiting
     (CUDA), get(i) waits for step i's copy and returns it as a list. On a CPU, put is a plain copy."""
@@ -189,15 +192,35 @@ class Decoder:
             dev, p = self.model.device, len(body)
             self.n_buf.fill_(0)
             tok, idx = torch.tensor(body, device=dev), torch.arange(p, device=dev)
-            if self.fused is not None:   # the prompt as a chain: node t at depth t, path[t, d] = d
-                path = idx.to(torch.int32)[None, :].expand(p, p)
-                self.fused.hidden(tok, self.n_buf, path[0], path, self.cache)
+            if self.fused is not None:   # padded to a bucket: one graph per bucket on CUDA
+                st = self._prefill_runner(min(-(-p // PREFILL_BUCKET) * PREFILL_BUCKET, self.max_len))
+                st["tok"][:p] = tok
+                st["tok"][p:] = 0
+                st["run"]()
             else:
                 anc = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
                 pos, slots, mask = step_inputs(self.n_buf, idx, idx, anc, self.max_len)
                 self.model.hidden(tok, pos, slots, mask, self.cache)
             self.cache.n = p
         return prompt[-1]
+
+    def _prefill_runner(self, b: int) -> dict:
+        """Prefill of b tokens as a chain (node t at depth t, path[t, d] = d) on the fused path.
+
+        A prompt of p <= b tokens runs padded to b: rows are independent (batch invariance) and
+        row t attends to slots 0..t only, so slots 0..p-1 get the bits an unpadded prefill gives;
+        slots p..b-1 get padding, which the first step overwrites before anything reads them."""
+        key = ("prefill", b)
+        if key not in self._trees:
+            dev = self.model.device
+            tok = torch.zeros(b, dtype=torch.long, device=dev)
+            path = torch.arange(b, dtype=torch.int32, device=dev)[None, :].expand(b, b)
+
+            @torch.no_grad()
+            def run():
+                self.fused.hidden(tok, self.n_buf, path[0], path, self.cache)
+            self._trees[key] = {"tok": tok, "run": _Runner(run, self.use_graphs)}
+        return self._trees[key]
 
     def _step_setup(self, tree: TreeTemplate) -> dict:
         if self.cache.n + tree.size > self.max_len:
