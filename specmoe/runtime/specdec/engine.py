@@ -66,26 +66,29 @@ PREFILL_BUCKET = 64      # fused prefill pads the prompt to a multiple of this: 
 
 
 class _HostRing:
-    """Two pinned host slots for step results: put(i, t) copies t to slot i % 2 without waiting
-    (CUDA), get(i) waits for step i's copy and returns it as a list. On a CPU, put is a plain copy."""
+    """Two host slots for step results: put(i, t) copies t to slot i % 2, get(i) returns step
+    i's copy as a list. On CUDA the slots are pinned and put does not wait (get waits for the
+    copy's event), and `ahead` tells the loop it may launch step i + 1 before reading step i;
+    on a CPU put is a plain copy and the loop reads each step first."""
 
     def __init__(self, n: int, device: torch.device):
-        self.async_ = device.type == "cuda"
-        self.host = [torch.empty(n, dtype=torch.long, pin_memory=self.async_) for _ in range(2)]
-        self.events = [torch.cuda.Event() for _ in range(2)] if self.async_ else None
+        cuda = device.type == "cuda"
+        self.ahead = cuda
+        self.host = [torch.empty(n, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+        self.events = [torch.cuda.Event() for _ in range(2)] if cuda else None
 
     def put(self, i: int, t: torch.Tensor) -> None:
-        self.host[i % 2].copy_(t, non_blocking=self.async_)
-        if self.async_:
+        self.host[i % 2].copy_(t, non_blocking=self.events is not None)
+        if self.events is not None:
             self.events[i % 2].record()
 
     def get(self, i: int) -> list[int]:
-        if self.async_:
+        if self.events is not None:
             self.events[i % 2].synchronize()
         return self.host[i % 2].tolist()
 
     def sync(self) -> None:
-        if self.async_:
+        if self.events is not None:
             torch.cuda.synchronize()
 
 
@@ -386,7 +389,7 @@ class Decoder:
         while True:
             # step i + 1 may start before step i is read if it surely fits in the cache (step i
             # commits at most d + 1 tokens) and step i surely leaves tokens to generate
-            ahead = (ring.async_ and len(out) + 1 < max_new
+            ahead = (ring.ahead and len(out) + 1 < max_new
                      and self.cache.n + d + 1 + tree.size <= self.max_len)
             if ahead:
                 ring.put(i + 1, self._launch(st))

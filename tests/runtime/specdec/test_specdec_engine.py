@@ -5,6 +5,7 @@ import torch
 from tests.runtime.specdec.specdec_helpers import DEVICES, one_thread, tiny_llama
 
 from specmoe.runtime.specdec.draft import EarlyExitDraft, MistakeBuffer, distill
+from specmoe.runtime.specdec import engine
 from specmoe.runtime.specdec.engine import Decoder
 from specmoe.runtime.specdec.tree import chain, constant_branching, default_template
 
@@ -83,3 +84,27 @@ def test_recycling_rejects_a_tree_wider_than_the_adjacency():
     m = tiny_llama("cpu")
     with pytest.raises(ValueError, match="9 children"):
         Decoder(m, 64, adj_k=8).generate(PROMPTS[0], "recycling", 4, tree=constant_branching([9]))
+
+
+def test_look_ahead_loop_emits_what_the_read_first_loop_emits(monkeypatch, single_thread):
+    """On CUDA the loop launches step i + 1 before reading step i; forced on here (CPU), it
+    gives the same tokens and acceptance trace, and stops at max_new and at eos."""
+    m = tiny_llama("cpu")
+    eos = Decoder(m, 160).generate(PROMPTS[1], "ar", 40).tokens[12]
+    runs = {}
+    for ahead in (False, True):
+        class Ring(engine._HostRing):
+            def __init__(self, n, device):
+                super().__init__(n, device)
+                self.ahead = ahead
+        monkeypatch.setattr(engine, "_HostRing", Ring)
+        for max_new, stop in ((40, None), (7, None), (40, eos)):
+            dec = Decoder(m, 160)
+            first = dec.generate(PROMPTS[1], "recycling", max_new, tree=default_template(), eos=stop)
+            warm = dec.generate(PROMPTS[1], "recycling", max_new, tree=default_template(), eos=stop)
+            runs[ahead, max_new, stop] = (first.tokens, first.steps, warm.tokens)
+    for key, (tokens, steps, warm) in runs.items():
+        if key[0]:
+            assert (tokens, steps, warm) == runs[(False,) + key[1:]]
+            assert len(tokens) == (key[1] if key[2] is None else tokens.index(eos) + 1) and warm == tokens
+    assert eos in runs[True, 40, eos][0]
