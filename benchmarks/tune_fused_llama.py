@@ -1,10 +1,12 @@
 """Tile configs of the batch-invariant fused Llama kernels (specmoe/kernels/dense.py,
-path_attention.py) at SmolLM2-135M's shapes, timed at M=1 (AR step) and M=81 (verify of the
-80-draft template) in CUDA graphs. One config per weight shape serves both M (batch
-invariance), so the pick minimises t(1) + t(81). Prints a table, writes JSON, and with
---write-configs stores the picks in specmoe/kernels/configs.json under this device's name.
+path_attention.py) at SmolLM2-135M's shapes, timed in CUDA graphs: the projections at M=1 (AR
+step) and M=81 (verify of the 80-draft template), path attention at 1, 25 and 81 queries over
+ATTN_CONTEXTS. One config per weight shape serves every M (batch invariance), so the pick
+minimises t(1) + t(81). Prints a table, writes JSON, and with --write-configs writes
+OUT/configs.json: the repository's configs.json with this device's picks, to copy over
+specmoe/kernels/configs.json.
 
-    PYTHONPATH=. python benchmarks/tune_fused_llama.py --out benchmarks/results [--write-configs]
+    PYTHONPATH=. python benchmarks/tune_fused_llama.py --out $OUT [--only dense|attention] [--write-configs]
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from specmoe.kernels._common import CONFIG_PATH, device_name
 from specmoe.kernels.path_attention import path_attention
 from specmoe.runtime.specdec.tree import default_template, tree_paths
 
-# (name, rows N, K, kind) at SmolLM2-135M: dim 576, 9 + 3 + 3 heads of 64, ffn 1536, vocab 49152
 ATTN_CONTEXTS = (150, 300, 500)  # committed tokens: Spec-Bench prompts (~50-500 tokens) + part of the answer
+# (name, rows N, K, kind) at SmolLM2-135M: dim 576, 9 + 3 + 3 heads of 64, ffn 1536, vocab 49152
 SHAPES = [("qkv", 960, 576, "rope"), ("o_proj", 576, 576, "resid"), ("gate_up", 3072, 576, "swiglu"),
           ("down", 576, 1536, "resid"), ("lm_head", 49152, 576, "norm")]
 
