@@ -194,13 +194,14 @@ class Decoder:
         if body:
             dev, p = self.model.device, len(body)
             self.n_buf.fill_(0)
-            tok, idx = torch.tensor(body, device=dev), torch.arange(p, device=dev)
+            tok = torch.tensor(body, device=dev)
             if self.fused is not None:   # padded to a bucket: one graph per bucket on CUDA
                 st = self._prefill_runner(min(-(-p // PREFILL_BUCKET) * PREFILL_BUCKET, self.max_len))
                 st["tok"][:p] = tok
                 st["tok"][p:] = 0
                 st["run"]()
             else:
+                idx = torch.arange(p, device=dev)
                 anc = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
                 pos, slots, mask = step_inputs(self.n_buf, idx, idx, anc, self.max_len)
                 self.model.hidden(tok, pos, slots, mask, self.cache)
@@ -379,7 +380,7 @@ class Decoder:
         self.n_buf.fill_(self.cache.n)
         tok[0] = root
         ring = _HostRing(2 * d + 4, self.model.device)      # [L, path, its tokens, bonus]
-        out, steps = [], []
+        out, steps, parents = [], [], list(tree.parents)     # one list shared by the trace's steps
         if max_new <= 0:
             return out, steps
         if self.cache.n + tree.size > self.max_len:
@@ -395,7 +396,7 @@ class Decoder:
                 ring.put(i + 1, self._launch(st))
             res = ring.get(i)
             n_acc = res[0]
-            steps.append({"parents": list(tree.parents), "accepted": res[2: 1 + n_acc]})
+            steps.append({"parents": parents, "accepted": res[2: 1 + n_acc]})
             out.extend(res[d + 3: d + 2 + n_acc] + [res[-1]])
             self.cache.n += n_acc
             if len(out) >= max_new or (eos is not None and eos in out[-n_acc:]):
