@@ -93,12 +93,12 @@ def random_smollm2(device: str):
     return Llama(cfg, w, device=device)
 
 
-def probe(device: str, kernels: str | None) -> None:
+def probe(device: str, kernels: str | None, precision: str = "tf32") -> None:
     """Forward times (CUDA graph replay) of SmolLM2-135M's shapes with random weights, no GGUF;
     and greedy recycling vs AR on them (random weights: near-tied logits everywhere, so any
     rounding difference between a verify row and the AR step shows up as a different token)."""
     m = random_smollm2(device)
-    dec = Decoder(m, 800, kernels=kernels)
+    dec = Decoder(m, 800, kernels=kernels, precision=precision)
     g = torch.Generator().manual_seed(0)
     same, total = 0, 0
     for i in range(4):
@@ -113,7 +113,7 @@ def probe(device: str, kernels: str | None) -> None:
                   f"mean accepted {rec.mean_accepted:.3f}", flush=True)
     print(f"probe kernels={dec.kernels} greedy recycling identical to AR: {same}/{total}", flush=True)
     for graphs in ((True, False) if device == "cuda" else (False,)):
-        dec = Decoder(m, 800, draft=EarlyExitDraft(m, 10), use_graphs=graphs, kernels=kernels)
+        dec = Decoder(m, 800, draft=EarlyExitDraft(m, 10), use_graphs=graphs, kernels=kernels, precision=precision)
         dec.cache.n = 500
         for tree in (constant_branching([]), constant_branching([4, 2, 1]), default_template()):
             st = dec._step_setup(tree)
@@ -131,7 +131,7 @@ def probe(device: str, kernels: str | None) -> None:
                 sync()
                 print(f"probe graphs={graphs} tree={tree.name} T={tree.size} {name}: "
                       f"{(time.perf_counter() - t0) / 50 * 1e3:.3f} ms", flush=True)
-        rec = Decoder(m, 800, use_graphs=graphs, kernels=kernels)
+        rec = Decoder(m, 800, use_graphs=graphs, kernels=kernels, precision=precision)
         for n in (100, 300, 500):         # the step grows with the context: attention walks it
             rec.cache.n = n
             for tree in (chain(0), constant_branching([4, 2, 1]), default_template()):
@@ -140,7 +140,7 @@ def probe(device: str, kernels: str | None) -> None:
                       flush=True)
     if device == "cuda":  # kernels per step: what a graph replay pays ~2-3 us each for
         from torch.profiler import ProfilerActivity, profile
-        rec = Decoder(m, 800, use_graphs=False, kernels=kernels)
+        rec = Decoder(m, 800, use_graphs=False, kernels=kernels, precision=precision)
         rec.cache.n = 500
         for tree in (chain(0), default_template()):
             rec.step_time_s(tree, reps=2)
@@ -172,11 +172,13 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     ap.add_argument("--kernels", choices=["triton", "torch"], default=None,
                     help="verify/AR forward: batch-invariant Triton kernels (CUDA default) or plain torch")
+    ap.add_argument("--precision", choices=["tf32", "bf16"], default="tf32",
+                    help="triton projections: fp32 weights + TF32 dots, or bf16 weights (results tagged _bf16)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.probe:
-        return probe(a.device, a.kernels)
+        return probe(a.device, a.kernels, a.precision)
     t_start = time.time()
     out = Path(a.out)
     # fp32 everywhere by default, so greedy speculative output can be compared with AR token for
@@ -192,8 +194,8 @@ def main():
     dev_name = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
     kernels = a.kernels or ("triton" if a.device == "cuda" else "torch")
     tag = (("h200" if "H200" in dev_name else a.device) + ("_torch" if kernels == "torch" and a.device == "cuda" else "")
-           + ("_tf32" if a.tf32 else ""))
-    rows, details, traces = [], {"device": dev_name, "kernels": kernels, "tf32": a.tf32, "num_prompts": len(evals), "max_new": a.max_new,
+           + ("_tf32" if a.tf32 else "") + ("_bf16" if a.precision == "bf16" else ""))
+    rows, details, traces = [], {"device": dev_name, "kernels": kernels, "precision": a.precision, "tf32": a.tf32, "num_prompts": len(evals), "max_new": a.max_new,
                                  "warm_prompts": len(warm), "command": " ".join(sys.argv)}, {}
     log = lambda *x: print(f"[{time.time() - t_start:6.1f}s]", *x, flush=True)
 
@@ -222,7 +224,7 @@ def main():
     static = default_template()
     wprompts = enc(warm)
     max_len = max(len(q) for q in setup.prompts + wprompts) + a.max_new + 128 + 8
-    dec = Decoder(setup.model, max_len, kernels=kernels)  # one decoder (graphs, adjacency) for AR and recycling
+    dec = Decoder(setup.model, max_len, kernels=kernels, precision=a.precision)  # one decoder (graphs, adjacency) for AR and recycling
     # warm-up on prompts disjoint from the evaluation set: adjacency, graph capture, the trace
     wres, adj_at = [], {}
     for i, p in enumerate(wprompts):
@@ -273,7 +275,7 @@ def main():
         if time.time() - t_start < a.budget_s * 0.6:
             rsd_tree = constant_branching([4, 2, 1])
             rsd_dec = Decoder(setup.model, max_len, draft=EarlyExitDraft(setup.model, a.draft_layers),
-                              kernels=kernels)
+                              kernels=kernels, precision=a.precision)
             rsd_dec.generate(wprompts[0], "rsd", 8, temp, rsd_tree, setup.eos)   # graph capture
             for q in setup.prompts:
                 rsd_dec.prefill(q)

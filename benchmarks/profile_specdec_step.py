@@ -1,7 +1,7 @@
 """Where a Token Recycling step's time goes, against an AR step: CUDA kernel time by kernel name
 (torch.profiler, eager launches, SmolLM2-135M shapes with random weights, no GGUF needed).
 
-    PYTHONPATH=. python benchmarks/profile_specdec_step.py [--tf32] [--kernels triton] > profile.txt
+    PYTHONPATH=. python benchmarks/profile_specdec_step.py [--tf32] [--kernels triton [--precision bf16]] > profile.txt
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tf32", action="store_true")
     ap.add_argument("--kernels", choices=["triton", "torch"], default="torch")
+    ap.add_argument("--precision", choices=["tf32", "bf16"], default="tf32", help="triton projections")
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     m = random_smollm2("cuda")
-    dec = Decoder(m, 800, use_graphs=False, kernels=a.kernels)
+    dec = Decoder(m, 800, use_graphs=False, kernels=a.kernels, precision=a.precision)
     dec.cache.n = 500
     rows = {}
     for tree in (chain(0), default_template()):

@@ -6,7 +6,11 @@ minimises t(1) + t(81). Prints a table, writes JSON, and with --write-configs wr
 OUT/configs.json: the repository's configs.json with this device's picks, to copy over
 specmoe/kernels/configs.json.
 
-    PYTHONPATH=. python benchmarks/tune_fused_llama.py --out $OUT [--only dense|attention] [--write-configs]
+    PYTHONPATH=. python benchmarks/tune_fused_llama.py --out $OUT [--only dense|attention] [--precision bf16]
+        [--write-configs]
+
+--precision bf16 tunes the projections with bf16 weights (configs.json keys "N,K,bf16"; the
+fp32 / TF32 picks under "N,K" are kept).
 """
 from __future__ import annotations
 
@@ -35,10 +39,10 @@ def time_us(fn) -> float:
     return do_bench_cudagraph(fn, rep=30) * 1e3
 
 
-def dense_case(name, N, K, kind, M, cfg, dev):
+def dense_case(name, N, K, kind, M, cfg, dev, wdt=torch.float32):
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(M, K, device=dev, generator=g)
-    w = torch.randn(N, K, device=dev, generator=g) * K ** -0.5
+    w = (torch.randn(N, K, device=dev, generator=g) * K ** -0.5).to(wdt)
     nw = torch.ones(K, device=dev)
     if kind == "rope":
         kc = torch.zeros(3, 800, 64, device=dev)
@@ -61,7 +65,7 @@ def dense_configs(N, K):
         for bm, bn, warps in itertools.product((16, 64, 128), (64, 128, 256), (4, 8)):
             yield {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 64, "SPLIT": 1, "num_warps": warps, "num_stages": 2}
         return
-    for bm, bn, split in itertools.product((16, 64, 128), (32, 64, 128), (2, 3, 6)):
+    for bm, bn, split in itertools.product((16, 32, 64, 128), (32, 64, 128), (2, 3, 6)):
         if K // split >= 64:
             yield {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 64, "SPLIT": split, "num_warps": 4 if bm < 128 else 8,
                    "num_stages": 2}
@@ -72,24 +76,28 @@ def main():
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--write-configs", action="store_true")
     ap.add_argument("--only", choices=["dense", "attention"], default=None)
+    ap.add_argument("--precision", choices=["tf32", "bf16"], default="tf32", help="projection weights fp32 or bf16")
     a = ap.parse_args()
+    wdt = torch.bfloat16 if a.precision == "bf16" else torch.float32
+    suffix = ",bf16" if a.precision == "bf16" else ""
     dev = torch.device("cuda")
     t0 = time.time()
-    res = {"device": device_name(dev), "dense": {}, "path_attention": []}
+    res = {"device": device_name(dev), "precision": a.precision, "dense": {}, "path_attention": []}
     picks = {}
     for name, N, K, kind in SHAPES if a.only != "attention" else []:
         rows = []
         for cfg in dense_configs(N, K):
-            t = {M: time_us(dense_case(name, N, K, kind, M, cfg, dev)) for M in (1, 81)}
+            t = {M: time_us(dense_case(name, N, K, kind, M, cfg, dev, wdt)) for M in (1, 81)}
             rows.append({**cfg, "us_m1": round(t[1], 2), "us_m81": round(t[81], 2)})
         default = dense.config(N, K)                     # the built-in default, not a stored pick
-        t = {M: time_us(dense_case(name, N, K, kind, M, None, dev)) for M in (1, 81)}
+        t = {M: time_us(dense_case(name, N, K, kind, M, default, dev, wdt)) for M in (1, 81)}
         best = min(rows, key=lambda r: r["us_m1"] + r["us_m81"])
         res["dense"][name] = {"N": N, "K": K, "default": {**default, "us_m1": round(t[1], 2), "us_m81": round(t[81], 2)},
                               "best": best, "sweep": rows}
-        picks[f"{N},{K}"] = {k: best[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT", "num_warps", "num_stages")}
+        key = f"{N},{K}{suffix}"
+        picks[key] = {k: best[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT", "num_warps", "num_stages")}
         print(f"{name:8s} N={N:6d} K={K:5d}  default {t[1]:7.2f} / {t[81]:7.2f} us   best {best['us_m1']:7.2f} / "
-              f"{best['us_m81']:7.2f} us  {picks[f'{N},{K}']}  [{time.time() - t0:.0f}s]", flush=True)
+              f"{best['us_m81']:7.2f} us  {picks[key]}  [{time.time() - t0:.0f}s]", flush=True)
     kc = torch.randn(3, 800, 64, device=dev)
     vc = torch.randn(3, 800, 64, device=dev)
     trees = {1: (-1,), 25: default_template().parents[:25], 81: default_template().parents}  # BFS prefix: a tree
@@ -115,12 +123,13 @@ def main():
                    key=lambda p: min(r["us_t1"] + r["us_t81"] for r in rows if arith(r) == p))
         best_attn = min((r for r in rows if arith(r) == pair), key=lambda r: r["us_t81"])
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / f"tune_fused_llama_h200{'_' + a.only if a.only else ''}.json").write_text(json.dumps(res, indent=1) + "\n")
+    name = "tune_fused_llama_h200" + ("_" + a.only if a.only else "") + ("_bf16" if a.precision == "bf16" else "")
+    (Path(a.out) / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
     if a.write_configs:
         allc = json.loads(CONFIG_PATH.read_text()) if CONFIG_PATH.exists() else {}
         mine = allc.setdefault("devices", {}).setdefault(res["device"], {})
         if picks:
-            mine["fused_linear"] = picks
+            mine.setdefault("fused_linear", {}).update(picks)
         if best_attn:
             mine["path_attention"] = {"9,3,64": {k: best_attn[k] for k in ("BLOCK_N", "CHUNK", "QB")}}
         Path(a.out, "configs.json").write_text(json.dumps(allc, indent=1, sort_keys=True) + "\n")

@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=["triton", "torch"], default=None,
                    help="verify / AR forward: batch-invariant Triton kernels (default on cuda; TF32, greedy "
                    "output still identical to ar) or plain torch (default on cpu; fp32)")
+    p.add_argument("--precision", choices=["tf32", "bf16"], default="tf32",
+                   help="triton kernels' projections: fp32 weights with TF32 dots (default), or bf16 weights "
+                   "and dot inputs with fp32 sums (half the weight bytes); ar and speculative alike")
     p.add_argument("--draft-layers", type=_positive_int, default=10,
                    help="rsd: layers of the early-exit self-draft")
     p.add_argument("--seed", type=_nonneg_int, default=0)

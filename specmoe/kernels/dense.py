@@ -31,16 +31,17 @@ import torch
 import triton
 import triton.language as tl
 
-from specmoe.kernels._common import cdiv, empty, lookup
+from specmoe.kernels._common import INTERPRET, cdiv, empty, lookup
 
 BLOCK_M = 16            # default rows per program; a config fixes it per weight shape, never per M
 EPI_NONE, EPI_RESID, EPI_SWIGLU, EPI_ROPE = 0, 1, 2, 3
 
 
-def config(n_out: int, k: int, device: torch.device | None = None) -> dict:
-    """Tile config from the weight shape only (never from M: batch invariance).
+def config(n_out: int, k: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> dict:
+    """Tile config from the weight shape and dtype only (never from M: batch invariance).
 
-    n_out: weight rows; k: input width. BLOCK_M rows per tile (padding rows cost tensor-core
+    n_out: weight rows; k: input width; dtype: fp32 (tf32 dots) or bf16 weights, tuned apart
+    (configs.json keys "N,K" and "N,K,bf16"). BLOCK_M rows per tile (padding rows cost tensor-core
     time, which a 1-row step has to spare, and save re-reading W per row tile at 81 rows),
     BLOCK_N weight rows per tile, SPLIT the K ranges. Tuned entries (`benchmarks/tune_fused_llama.py`) come from configs.json under
     "fused_linear" / "N,K" for the device; the default aims at ~100-300 programs at M=1.
@@ -50,7 +51,14 @@ def config(n_out: int, k: int, device: torch.device | None = None) -> dict:
     else:
         default = {"BLOCK_M": BLOCK_M, "BLOCK_N": 32 if n_out > 1024 else 16, "BLOCK_K": 64,
                    "SPLIT": max(1, min(8, k // 192)), "num_warps": 4, "num_stages": 2}
-    return default if device is None else lookup("fused_linear", device, f"{n_out},{k}", None, default)
+    key = f"{n_out},{k}" + (",bf16" if dtype == torch.bfloat16 else "")
+    return default if device is None else lookup("fused_linear", device, key, None, default)
+
+
+def _dot_precision(w: torch.Tensor, precision: str) -> str:
+    """tl.dot's input_precision: the caller's for fp32 weights (tf32 / tf32x3 / ieee). bf16
+    operands have one precision; "ieee" is what the interpreter's upcast dot then does."""
+    return "ieee" if w.dtype == torch.bfloat16 else precision
 
 
 _SCRATCH: dict = {}
@@ -109,9 +117,11 @@ def _fused_linear_kernel(
     NORM: tl.constexpr, EPI: tl.constexpr, PREC: tl.constexpr,
     NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
+    W16: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """Tile (pid_m, pid_n) of y over K range pid_s. W [N, K] row-major; for pair epilogues
-    the tile's BLOCK_N rows give BLOCK_N / 2 outputs."""
+    the tile's BLOCK_N rows give BLOCK_N / 2 outputs. W16: W is bf16 and the x tile is rounded
+    to bf16 before the dot (fp32 accumulation); UPCAST (interpreter) then dots in fp32."""
     pid_m, pid_n, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -131,6 +141,13 @@ def _fused_linear_kernel(
             x = x * tl.load(NW + offs_k, mask=k_ok, other=0.0)[None, :]
         w = tl.load(W + offs_n[:, None] * stride_wn + offs_k[None, :],
                     mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        if W16:
+            if UPCAST:    # interpreter: its bf16 tl.dot is wrong and its bf16 cast truncates
+                xb = x.to(tl.int32, bitcast=True)                       # round to nearest even
+                x = ((xb + 0x7FFF + ((xb >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+                w = w.to(tl.float32)
+            else:
+                x = x.to(tl.bfloat16, fp_downcast_rounding="rtne")
         acc = tl.dot(x, tl.trans(w), acc, input_precision=PREC)
     last = True
     if SPLIT > 1:
@@ -185,7 +202,7 @@ def _rope_store(a, b, j, offs_m, m_ok, ok, CosT, SinT, Nbuf, Depth, Q, KC, VC,
 def _launch(x, w, norm_w, eps, epi, out, residual=None, rope=None, precision="tf32", cfg=None):
     M, K = x.shape
     N = w.shape[0]
-    cfg = dict(cfg or config(N, K, x.device))
+    cfg = dict(cfg or config(N, K, x.device, w.dtype))
     bm, bn, split = cfg.pop("BLOCK_M", BLOCK_M), cfg.pop("BLOCK_N"), cfg.pop("SPLIT")
     grid = (cdiv(M, bm), cdiv(N, bn), split)
     cnt, ws = _scratch(x.device, grid[0] * grid[1], grid[0] * grid[1] * split * bm * (bn + 1))
@@ -194,8 +211,8 @@ def _launch(x, w, norm_w, eps, epi, out, residual=None, rope=None, precision="tf
     _fused_linear_kernel[grid](
         x, norm_w if norm_w is not None else x, w, r, out, ws, cnt, cos, sin, n, depth, kc, vc,
         M, N, K, x.stride(0), w.stride(0), r.stride(0), out.stride(0), kc.stride(0), kc.stride(1), eps,
-        NORM=norm_w is not None, EPI=epi, PREC=precision, NH=nh, NKV=nkv, HALF=half,
-        BLOCK_M=bm, BLOCK_N=bn, SPLIT=split, **cfg)
+        NORM=norm_w is not None, EPI=epi, PREC=_dot_precision(w, precision), NH=nh, NKV=nkv, HALF=half,
+        BLOCK_M=bm, BLOCK_N=bn, SPLIT=split, W16=w.dtype == torch.bfloat16, UPCAST=INTERPRET, **cfg)
     return out
 
 

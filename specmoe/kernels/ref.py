@@ -121,6 +121,17 @@ def linear_ref(x, w, norm_w=None, eps=0.0, residual=None):
     return y if residual is None else y + residual.double()
 
 
+def linear_bf16_ref(x, w, norm_w=None, eps=0.0, residual=None):
+    """What `dense.linear` computes with bf16 weights, in float64: x * norm_w rounded to bf16
+    (the dot's input), bf16 w, exact products; the RMSNorm scale rsqrt(mean(x^2) + eps) of the
+    fp32 x applied to the sums."""
+    a = x.float() * norm_w.float() if norm_w is not None else x.float()
+    y = a.to(torch.bfloat16).double() @ w.to(torch.bfloat16).double().T
+    if norm_w is not None:
+        y = y * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + eps)
+    return y if residual is None else y + residual.double()
+
+
 def swiglu_ref(x, norm_w, w1, w3, eps):
     a = rms_norm_ref(x, norm_w, eps)
     return F.silu(a @ w1.double().T) * (a @ w3.double().T)

@@ -8,6 +8,7 @@ import torch
 from specmoe.kernels import dense
 from specmoe.kernels.path_attention import path_attention
 from specmoe.kernels.ref import (
+    linear_bf16_ref,
     linear_ref,
     qkv_rope_ref,
     random_parents,
@@ -36,6 +37,20 @@ def test_linear_matches_reference(M, N, K, norm, resid, split, bm):
     out = dense.linear(x, w, norm_w=nw, eps=1e-5, residual=r, precision="ieee", cfg=_cfg(16, split, bm))
     assert rel_err(out, linear_ref(x, w, nw, 1e-5, r)) < 1e-5
     assert not dense._scratch(x.device, 1, 1)[0].any()     # split-K counters back to zero
+
+
+@pytest.mark.parametrize("M,N,K,split", [(1, 40, 96, 1), (21, 33, 70, 3)])
+def test_bf16_weights_round_the_dot_inputs_and_sum_in_fp32(M, N, K, split):
+    """bf16 weights: equal to the emulation (bf16 inputs, exact products) to fp32 summation
+    error, and within bf16 rounding of the float64 product; rows independent of the call."""
+    gen = torch.Generator().manual_seed(M + N)
+    x, w = _rand(gen, M, K), _rand(gen, N, K, scale=K ** -0.5).to(torch.bfloat16)
+    nw, r = 1 + 0.1 * _rand(gen, K), _rand(gen, M, N)
+    out = dense.linear(x, w, norm_w=nw, eps=1e-5, residual=r.clone(), cfg=_cfg(16, split))
+    assert rel_err(out - r, linear_bf16_ref(x, w, nw, 1e-5)) < 1e-5
+    assert 1e-5 < rel_err(out - r, linear_ref(x, w.float(), nw, 1e-5)) < 2e-2
+    assert torch.equal(dense.linear(x[-1:], w, norm_w=nw, eps=1e-5, residual=r[-1:].clone(), cfg=_cfg(16, split)),
+                       out[-1:])
 
 
 def test_linear_in_place_residual_and_swiglu():

@@ -39,7 +39,7 @@ def load_setup(prompts_path, num_prompts, device, categories=None, max_prompt_to
 
 
 def run_method(setup: Setup, method: str, tree, max_new: int, temperature: float, seed: int = 0,
-               draft_layers: int = 10, decoder=None, kernels: str | None = None):
+               draft_layers: int = 10, decoder=None, kernels: str | None = None, precision: str = "tf32"):
     """Decode every prompt; returns (results list, decoder). One Decoder is reused across
     prompts, so Token Recycling's adjacency matrix carries over (as in the paper)."""
     from specmoe.runtime.specdec.draft import EarlyExitDraft
@@ -48,7 +48,7 @@ def run_method(setup: Setup, method: str, tree, max_new: int, temperature: float
     if decoder is None:
         max_len = max(512, *(len(p) for p in setup.prompts)) + max_new + max(tree.size if tree else 1, 81) + 8
         draft = EarlyExitDraft(setup.model, draft_layers) if method == "rsd" else None
-        decoder = Decoder(setup.model, max_len, draft=draft, seed=seed, kernels=kernels)
+        decoder = Decoder(setup.model, max_len, draft=draft, seed=seed, kernels=kernels, precision=precision)
     res = [decoder.generate(p, method, max_new, temperature, tree, setup.eos) for p in setup.prompts]
     return res, decoder
 
@@ -73,6 +73,9 @@ def generate_cmd(args) -> int:
         raise InputError("SPECMOE_KERNELS", "kernels", f"must be triton or torch, not {kernels!r}")
     if kernels == "triton" and args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise InputError("--kernels", "kernels", "triton needs --device cuda (or TRITON_INTERPRET=1, slow)")
+    if args.precision != "tf32" and (kernels == "torch" or (kernels is None and args.device == "cpu")):
+        raise InputError("--precision", "precision", f"{args.precision} is a precision of the triton kernels; "
+                         "the torch forward runs fp32")
     tree = load_tree(args.tree) if args.tree else default_template()
     if args.method == "rsd" and not args.tree:
         from specmoe.runtime.specdec.tree import constant_branching
@@ -88,7 +91,8 @@ def generate_cmd(args) -> int:
     base = None
     for m in methods:
         res, _ = run_method(setup, m, tree if m != "ar" else None, args.max_new_tokens,
-                            args.temperature, args.seed, args.draft_layers, kernels=kernels)
+                            args.temperature, args.seed, args.draft_layers, kernels=kernels,
+                            precision=args.precision)
         s = summarize(res)
         base = base or s["tokens_per_s"]
         name = "ar" if m == "ar" else (Path(args.tree).name if args.tree else tree.name)

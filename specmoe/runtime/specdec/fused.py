@@ -20,23 +20,35 @@ from specmoe.runtime.specdec.model import KVCache, Llama
 from specmoe.runtime.specdec.tree import tree_paths
 
 
-class FusedLlama:
-    """Weights rearranged for the kernels and the RoPE table, over a `Llama` (shared tensors).
+PRECISIONS = ("tf32", "tf32x3", "ieee", "bf16")
 
-    precision: tl.dot input precision of the projections ("tf32" default, "tf32x3", "ieee").
+
+class FusedLlama:
+    """Weights rearranged for the kernels and the RoPE table, over a `Llama`.
+
+    precision: of the projections. "tf32" (default), "tf32x3", "ieee": fp32 weights (shared
+    with the model), tl.dot's input precision. "bf16": bf16 copies of the projection and LM-head
+    weights, activations rounded to bf16 at each dot, fp32 accumulation (how serving engines run
+    SmolLM2, trained in bf16): half the weight bytes and twice the tensor-core rate of tf32.
+    Attention, norms, residual stream and KV cache stay fp32 (attention dots in tf32).
     """
 
     def __init__(self, model: Llama, max_len: int, precision: str = "tf32"):
         c = model.cfg
         if c.rope_dim != c.head_dim:
             raise ValueError(f"the fused path rotates whole heads: rope_dim {c.rope_dim} != head_dim {c.head_dim}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.model, self.precision = model, precision
+        self.attn_precision = "tf32" if precision == "bf16" else precision
+        wdt = torch.bfloat16 if precision == "bf16" else torch.float32
         self.layers = []
         for lw in model.layers:
             self.layers.append({
                 "attn_norm": lw["attn_norm"], "ffn_norm": lw["ffn_norm"],
-                "wqkv": lw["wqkv"], "wo": lw["wo"], "w13": dense.interleave_rows(lw["w1"], lw["w3"]),
-                "w2": lw["w2"]})
+                "wqkv": lw["wqkv"].to(wdt), "wo": lw["wo"].to(wdt),
+                "w13": dense.interleave_rows(lw["w1"], lw["w3"]).to(wdt), "w2": lw["w2"].to(wdt)})
+        self.lm_head = model.lm_head.to(wdt)
         pos = torch.arange(max_len, device=model.device)
         ang = pos.float()[:, None] * model.inv_freq[None, :]    # as Llama._rope_table computes it
         self.cos, self.sin = ang.cos().contiguous(), ang.sin().contiguous()
@@ -57,7 +69,7 @@ class FusedLlama:
             lw = self.layers[li]
             q = dense.qkv_rope_(x, lw["attn_norm"], lw["wqkv"], self.cos, self.sin, n, depth,
                                 cache.k[li], cache.v[li], c.n_heads, c.norm_eps, p)
-            o = path_attention(q, cache.k[li], cache.v[li], n, depth, path, precision=p)
+            o = path_attention(q, cache.k[li], cache.v[li], n, depth, path, precision=self.attn_precision)
             dense.linear(o, lw["wo"], residual=x, out=x, precision=p)
             dense.linear(dense.swiglu(x, lw["ffn_norm"], lw["w13"], c.norm_eps, p), lw["w2"],
                          residual=x, out=x, precision=p)
@@ -65,5 +77,5 @@ class FusedLlama:
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """h [T, dim] -> logits [T, vocab] fp32 (final RMSNorm fused into the LM head)."""
-        return dense.linear(h, self.model.lm_head, norm_w=self.model.norm, eps=self.model.cfg.norm_eps,
+        return dense.linear(h, self.lm_head, norm_w=self.model.norm, eps=self.model.cfg.norm_eps,
                             precision=self.precision)

@@ -94,6 +94,8 @@ def test_cli_bad_inputs_exit_2(tmp_path, capsys, monkeypatch):
     assert main(["generate", "--method", "ar", "--prompts", str(bad)]) == 2
     assert "SPECMOE_KERNELS" in capsys.readouterr().err
     monkeypatch.delenv("SPECMOE_KERNELS")
+    assert main(["generate", "--method", "ar", "--kernels", "torch", "--precision", "bf16", "--prompts", str(bad)]) == 2
+    assert "--precision" in capsys.readouterr().err
     if os.environ.get("TRITON_INTERPRET") != "1":
         assert main(["generate", "--method", "ar", "--kernels", "triton", "--prompts", str(bad)]) == 2
         assert "--kernels" in capsys.readouterr().err
