@@ -123,7 +123,8 @@ def main():
                    key=lambda p: min(r["us_t1"] + r["us_t81"] for r in rows if arith(r) == p))
         best_attn = min((r for r in rows if arith(r) == pair), key=lambda r: r["us_t81"])
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    name = "tune_fused_llama_h200" + ("_" + a.only if a.only else "") + ("_bf16" if a.precision == "bf16" else "")
+    card = next((c for c in ("h200", "h100") if c in res["device"].lower()), "cuda")
+    name = f"tune_fused_llama_{card}" + ("_" + a.only if a.only else "") + ("_bf16" if a.precision == "bf16" else "")
     (Path(a.out) / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
     if a.write_configs:
         allc = json.loads(CONFIG_PATH.read_text()) if CONFIG_PATH.exists() else {}

@@ -78,3 +78,14 @@ def test_fused_prefill_padding_changes_no_bits():
         dec.prefill(prompt)
         kv.append((dec.cache.k[:, :, : dec.cache.n].clone(), dec.cache.v[:, :, : dec.cache.n].clone()))
     assert torch.equal(kv[0][0], kv[1][0]) and torch.equal(kv[0][1], kv[1][1])
+
+
+def test_fused_prefill_seeds_the_adjacency_as_the_torch_prefill_does():
+    m = tiny_llama(vocab=48)
+    prompt = [5, 17, 33, 8, 40, 2, 9, 17, 30, 7, 1, 44]
+    adj = []
+    for kernels in ("torch", "triton"):
+        dec = Decoder(m, 64, kernels=kernels, use_graphs=False, precision="ieee")
+        dec.prefill(prompt, seed_adjacency=True)
+        adj.append(dec.adj)
+    assert adj[0][prompt[:-1]].any() and torch.equal(adj[0], adj[1])

@@ -93,11 +93,15 @@ class _HostRing:
 
 
 class Decoder:
-    """One sequence's decoding state: model, static cache, per-tree graphs, Token Recycling's adjacency."""
+    """One sequence's decoding state: model, static cache, per-tree graphs, Token Recycling's adjacency.
+
+    seed_from_prompt: Token Recycling also updates the adjacency from the prompt's prefill
+    (`prefill(seed_adjacency=True)`); False keeps decode-time updates only.
+    """
 
     def __init__(self, model: Llama, max_len: int, draft: EarlyExitDraft | None = None,
                  use_graphs: bool | None = None, adj_k: int = 8, seed: int = 0,
-                 kernels: str | None = None, precision: str = "tf32"):
+                 kernels: str | None = None, precision: str = "tf32", seed_from_prompt: bool = True):
         self.model, self.draft, self.max_len = model, draft, max_len
         self.cache = model.new_cache(max_len)
         dev = model.device
@@ -116,6 +120,7 @@ class Decoder:
         # adjacency [vocab + 1, k] on the device; the last row is scratch (update_adjacency_)
         self.adj = torch.zeros((model.cfg.vocab_size + 1, adj_k), dtype=torch.long, device=dev)
         self.gen = torch.Generator(device=dev).manual_seed(seed)
+        self.seed_from_prompt = seed_from_prompt
         self._trees: dict = {}
         self.buffer: MistakeBuffer | None = None
 
@@ -185,8 +190,13 @@ class Decoder:
         return _Runner(run, self.use_graphs)
 
     @torch.no_grad()
-    def prefill(self, prompt: list[int]) -> int:
-        """Put prompt[:-1] in the cache; return the root token prompt[-1]."""
+    def prefill(self, prompt: list[int], seed_adjacency: bool = False) -> int:
+        """Put prompt[:-1] in the cache; return the root token prompt[-1].
+
+        seed_adjacency: Token Recycling's update applied to the prefill forward too: the row of
+        each prompt token gets the target's top-k at that position (its last occurrence wins),
+        so continuations the prompt suggests (names, phrases a summary or answer repeats) are
+        drafts from the first step. Costs the LM head and a top-k over the prompt's rows."""
         if len(prompt) + 1 > self.max_len:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit max_len={self.max_len}")
         self.cache.n = 0
@@ -196,33 +206,42 @@ class Decoder:
             self.n_buf.fill_(0)
             tok = torch.tensor(body, device=dev)
             if self.fused is not None:   # padded to a bucket: one graph per bucket on CUDA
-                st = self._prefill_runner(min(-(-p // PREFILL_BUCKET) * PREFILL_BUCKET, self.max_len))
+                st = self._prefill_runner(min(-(-p // PREFILL_BUCKET) * PREFILL_BUCKET, self.max_len), seed_adjacency)
                 st["tok"][:p] = tok
                 st["tok"][p:] = 0
-                st["run"]()
+                topk = st["run"]()
             else:
                 idx = torch.arange(p, device=dev)
                 anc = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
                 pos, slots, mask = step_inputs(self.n_buf, idx, idx, anc, self.max_len)
-                self.model.hidden(tok, pos, slots, mask, self.cache)
+                h = self.model.hidden(tok, pos, slots, mask, self.cache)
+                topk = self.model.logits(h).topk(self.adj.shape[1], -1).indices if seed_adjacency else None
+            if seed_adjacency:
+                last = {t: i for i, t in enumerate(body)}          # a token's last position wins
+                rows = torch.tensor(list(last), device=dev)
+                self.adj[rows] = topk[torch.tensor(list(last.values()), device=dev)]
             self.cache.n = p
         return prompt[-1]
 
-    def _prefill_runner(self, b: int) -> dict:
-        """Prefill of b tokens as a chain (node t at depth t, path[t, d] = d) on the fused path.
+    def _prefill_runner(self, b: int, seed_adjacency: bool) -> dict:
+        """Prefill of b tokens as a chain (node t at depth t, path[t, d] = d) on the fused path;
+        with seed_adjacency its run() returns the top-k ids [b, k] of each row's logits.
 
         A prompt of p <= b tokens runs padded to b: rows are independent (batch invariance) and
         row t attends to slots 0..t only, so slots 0..p-1 get the bits an unpadded prefill gives;
         slots p..b-1 get padding, which the first step overwrites before anything reads them."""
-        key = ("prefill", b)
+        key = ("prefill", b, seed_adjacency)
         if key not in self._trees:
-            dev = self.model.device
+            dev, k = self.model.device, self.adj.shape[1]
             tok = torch.zeros(b, dtype=torch.long, device=dev)
             path = torch.arange(b, dtype=torch.int32, device=dev)[None, :].expand(b, b)
+            if seed_adjacency:
+                from specmoe.kernels import tree_step
 
             @torch.no_grad()
             def run():
-                self.fused.hidden(tok, self.n_buf, path[0], path, self.cache)
+                h = self.fused.hidden(tok, self.n_buf, path[0], path, self.cache)
+                return tree_step.topk_ids(self.fused.logits(h), k) if seed_adjacency else None
             self._trees[key] = {"tok": tok, "run": _Runner(run, self.use_graphs)}
         return self._trees[key]
 
@@ -253,7 +272,7 @@ class Decoder:
         sync = torch.cuda.synchronize if self.model.device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
-        root = self.prefill(prompt)
+        root = self.prefill(prompt, seed_adjacency=method == "recycling" and self.seed_from_prompt)
         sync()
         prefill_s = time.perf_counter() - t0
         if method in ("ar", "recycling"):

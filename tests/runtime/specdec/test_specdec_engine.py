@@ -80,6 +80,31 @@ def test_rsd_sampling_runs_and_osd_distill_lowers_kl(device, single_thread):
     assert after < 0.8 * before
 
 
+def test_prefill_seeds_the_adjacency_with_the_prompts_top_k(single_thread):
+    """Each prompt token's row holds the target's top-k at its last position in the prompt
+    (what a verify step at that position would write); other rows stay untouched."""
+    from specmoe.runtime.specdec.model import step_inputs, tree_tables
+    m = tiny_llama("cpu")
+    prompt = [5, 17, 33, 5, 8, 61, 17, 9]
+    body = prompt[:-1]
+    cache = m.new_cache(64)
+    d, a = tree_tables(list(range(-1, len(body) - 1)), "cpu")
+    pos, slots, mask = step_inputs(torch.tensor(0), torch.arange(len(body)), d, a, 64)
+    want = m.logits(m.hidden(torch.tensor(body), pos, slots, mask, cache)).topk(8, -1).indices
+    dec = Decoder(m, 64)
+    assert dec.prefill(prompt, seed_adjacency=False) == 9 and not dec.adj.any()
+    dec.prefill(prompt, seed_adjacency=True)
+    for t in set(body):
+        last = max(i for i, x in enumerate(body) if x == t)
+        assert torch.equal(dec.adj[t], want[last]), t
+    untouched = torch.ones(dec.adj.shape[0], dtype=torch.bool)
+    untouched[body] = False
+    assert not dec.adj[untouched].any()
+    dec.adj.zero_()
+    dec.generate(prompt, "ar", 2)                    # AR keeps no adjacency: no seeding either
+    assert not dec.adj.any()
+
+
 def test_recycling_rejects_a_tree_wider_than_the_adjacency():
     m = tiny_llama("cpu")
     with pytest.raises(ValueError, match="9 children"):
