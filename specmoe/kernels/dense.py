@@ -221,9 +221,10 @@ def linear(x: torch.Tensor, w: torch.Tensor, norm_w: torch.Tensor | None = None,
            precision: str = "tf32", cfg: dict | None = None) -> torch.Tensor:
     """[rmsnorm(x; norm_w, eps)] @ w^T [+ residual].
 
-    x [M, K] fp32; w [N, K]; norm_w [K] or None; residual [M, N] or None; out [M, N] (may be
-    `residual` itself for an in-place add). precision: tl.dot's input_precision ("tf32",
-    "tf32x3" or "ieee"); cfg overrides `config` (benchmarks). Returns out.
+    x [M, K] fp32; w [N, K] fp32, or bf16 (x then rounded to bf16 at the dot, fp32 sums);
+    norm_w [K] or None; residual [M, N] or None; out [M, N] (may be `residual` itself for an
+    in-place add). precision: tl.dot's input_precision for fp32 w ("tf32", "tf32x3" or "ieee");
+    cfg overrides `config` (benchmarks). Returns out.
     """
     if out is None:
         out = empty((x.shape[0], w.shape[0]), torch.float32, x.device)

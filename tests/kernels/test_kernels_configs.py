@@ -28,11 +28,14 @@ def test_shipped_configs_are_well_formed():
         for kernel, shapes in kernels.items():
             if kernel in flat:
                 assert all(set(cfg) == flat[kernel] for cfg in shapes.values()), kernel
+                for key in shapes if kernel == "fused_linear" else ():   # "N,K" or "N,K,bf16"
+                    nk = key.removesuffix(",bf16").split(",")
+                    assert len(nk) == 2 and all(int(v) > 0 for v in nk), key
                 continue
             for buckets in shapes.values():
                 for key, cfg in buckets.items():
                     assert int(key) > 0 and set(cfg) - {"tma"} == need[kernel], (kernel, key, cfg)
-        for key in kernels["moe_gate_up"]:                  # one alignment for both GEMMs
+        for key in kernels.get("moe_gate_up", {}):                  # one alignment for both GEMMs
             for m, cfg in kernels["moe_gate_up"][key].items():
                 assert kernels["moe_down"][key][m]["BLOCK_M"] == cfg["BLOCK_M"]
 
@@ -51,3 +54,14 @@ def test_host_helpers_match_triton():
         assert _common.next_pow2(n) == triton.next_power_of_2(n)
         for b in (1, 3, 16, 64, 1000):
             assert _common.cdiv(n, b) == triton.cdiv(n, b)
+
+
+def test_fused_linear_configs_are_keyed_by_weight_dtype(monkeypatch):
+    """bf16 weights get their own tuned tiles ("N,K,bf16"), fp32 weights the "N,K" ones."""
+    from specmoe.kernels import dense
+    name = "NVIDIA H100 80GB HBM3"
+    table = _common._load_configs()["devices"][name]["fused_linear"]
+    monkeypatch.setattr(_common, "device_name", lambda device: name)
+    cpu = torch.device("cpu")
+    assert dense.config(960, 576, cpu) == table["960,576"]
+    assert dense.config(960, 576, cpu, torch.bfloat16) == table["960,576,bf16"] != table["960,576"]
