@@ -47,7 +47,9 @@ def plan_tree(trace: dict, budget: int, max_depth: int) -> TreeTemplate:
     return TreeTemplate(tuple(sequoia_tree(acc, budget, max_depth).parents), "planner-sequoia")
 
 
-BUDGETS = (8, 16, 24, 32, 48, 64, 80, 96, 127)
+# draft budgets the sizing times; 15, 31, 47, ... make the verify a whole number of 16-row tiles
+# (the projections' row tile), where one more draft starts a tile that holds a single row
+BUDGETS = (8, 15, 16, 24, 31, 32, 47, 48, 63, 64, 79, 80, 95, 96, 127)
 HISTORY_POINTS = (12, 40, 120)   # warm-up prompts after which the adjacency is snapshotted
 
 
