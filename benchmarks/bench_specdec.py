@@ -264,24 +264,24 @@ def main():
                                      "mean_accepted_static_template_T0": []}
         for i in sorted(adj_at):
             dec.adj.copy_(adj_at[i])
-            res, _ = run_method(setup, "recycling", static, a.max_new, 0.0, decoder=dec)
+            res = run_method(setup, "recycling", static, a.max_new, 0.0, decoder=dec)
             details["history_effect"]["mean_accepted_static_template_T0"].append(round(summarize(res)["mean_accepted"], 3))
 
     # what seeding the adjacency from each prompt's prefill buys: the template, greedy, without it
     dec.seed_from_prompt = False
     dec.adj.copy_(adj0)
-    s = summarize(run_method(setup, "recycling", static, a.max_new, 0.0, decoder=dec)[0])
+    s = summarize(run_method(setup, "recycling", static, a.max_new, 0.0, decoder=dec))
     details["prompt_seeding_off_static_template_T0"] = {"mean_accepted": round(s["mean_accepted"], 3),
                                                         "tokens_per_s": round(s["tokens_per_s"], 2)}
     log("without prompt seeding:", details["prompt_seeding_off_static_template_T0"])
     dec.seed_from_prompt = True
 
     for temp in (0.0, 1.0):
-        ar_res, _ = run_method(setup, "ar", None, a.max_new, temp, decoder=dec)
+        ar_res = run_method(setup, "ar", None, a.max_new, temp, decoder=dec)
         base = record("ar", "ar", temp, ar_res, None)["tokens_per_s"]
         for tree in trees:
             dec.adj.copy_(adj0)
-            res, _ = run_method(setup, "recycling", tree, a.max_new, temp, decoder=dec)
+            res = run_method(setup, "recycling", tree, a.max_new, temp, decoder=dec)
             record("recycling", tree.name, temp, res, base)
             if temp == 0:
                 same = sum(r.tokens == q.tokens for r, q in zip(res, ar_res))
@@ -297,7 +297,7 @@ def main():
             rsd_dec.generate(wprompts[0], "rsd", 8, temp, rsd_tree, setup.eos)   # graph capture
             for q in setup.prompts:
                 rsd_dec.prefill(q)
-            res, _ = run_method(setup, "rsd", rsd_tree, a.max_new, temp, decoder=rsd_dec)
+            res = run_method(setup, "rsd", rsd_tree, a.max_new, temp, decoder=rsd_dec)
             record("rsd", rsd_tree.name, temp, res, base)
         details[f"ar_tokens_per_s_T{temp:g}"] = base
 

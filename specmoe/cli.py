@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="Spec-Bench question.jsonl")
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
     p.add_argument("--num-prompts", type=_positive_int, default=10)
+    p.add_argument("--warm-prompts", type=_nonneg_int, default=0,
+                   help="decode the N questions after the evaluated ones first, untimed (Token Recycling's "
+                   "adjacency then starts with that history)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--kernels", choices=["triton", "torch"], default=None,

@@ -72,3 +72,27 @@ def test_gguf_config_is_smollm2():
     assert (c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.vocab_size) == (30, 576, 9, 3, 49152)
     assert c.tied_embeddings and c.rope_base == 100000.0
     assert np.isfinite(m.embed.sum().item())
+
+
+def test_generate_command_end_to_end(tmp_path, shared_data, capsys):
+    """`specmoe generate` on the real model and Spec-Bench prompts: warm-up, AR and Token
+    Recycling on one decoder, the printed table, the results rows and planner-readable traces."""
+    import json
+
+    from specmoe.cli import main
+    from specmoe.planner.acceptance import load_trace
+    questions = shared_data / "prompts" / "spec-bench" / "question.jsonl"
+    out = tmp_path / "rows.json"
+    assert main(["generate", "--method", "recycling", "--prompts", str(questions), "--num-prompts", "1",
+                 "--warm-prompts", "1", "--max-new-tokens", "6", "--results", str(out),
+                 "--trace-dir", str(tmp_path / "tr")]) == 0
+    printed = capsys.readouterr().out
+    assert "tok/s" in printed and "recycling" in printed
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["ar", "recycling"] and rows[0]["speedup_vs_ar"] == 1.0
+    for r in rows:
+        assert set(r) == {"method", "tree", "temperature", "tokens_per_s", "mean_accepted", "speedup_vs_ar"}
+        assert r["tokens_per_s"] > 0 and r["mean_accepted"] >= 1.0
+    assert rows[0]["mean_accepted"] == 1.0
+    trace = load_trace(tmp_path / "tr" / "acceptance_recycling_T0.json")
+    assert trace.steps and all(len(parents) == 81 for parents, _ in trace.steps)
