@@ -190,9 +190,9 @@ def main():
     recs = load_prompts(a.prompts)
     # evaluation: num_prompts questions evenly spaced over the whole file, so every Spec-Bench
     # category is in it (sessions 1-4 took the first 24 of every 12th: no math_reasoning, no rag)
-    stride = max(1, len(recs) // a.num_prompts)
-    evals = [r for i, r in enumerate(recs) if i % stride == 0][: a.num_prompts]
-    pool = [r for i, r in enumerate(recs) if i % stride != 0 or r not in evals]   # never evaluated
+    eval_idx = set(range(0, len(recs), max(1, len(recs) // a.num_prompts))[: a.num_prompts])
+    evals = [recs[i] for i in sorted(eval_idx)]
+    pool = [r for i, r in enumerate(recs) if i not in eval_idx]              # never evaluated
     warm = [pool[j * len(pool) // a.warm_prompts] for j in range(min(a.warm_prompts, len(pool)))]
     setup = load_setup(a.prompts, 1, a.device)
     enc = lambda rs: [encode_chat(setup.tok, r["text"])[-512:] for r in rs]
@@ -202,8 +202,10 @@ def main():
     card = next((c for c in ("h200", "h100") if c in dev_name.lower()), a.device)
     tag = (card + ("_torch" if kernels == "torch" and a.device == "cuda" else "")
            + ("_tf32" if a.tf32 else "") + ("_bf16" if a.precision == "bf16" else ""))
-    rows, details, traces = [], {"eval_categories": dict(Counter(r["category"] for r in evals)), "device": dev_name, "kernels": kernels, "precision": a.precision, "tf32": a.tf32, "num_prompts": len(evals), "max_new": a.max_new,
-                                 "warm_prompts": len(warm), "command": " ".join(sys.argv)}, {}
+    details = {"device": dev_name, "kernels": kernels, "precision": a.precision, "tf32": a.tf32,
+               "num_prompts": len(evals), "eval_categories": dict(Counter(r["category"] for r in evals)),
+               "max_new": a.max_new, "warm_prompts": len(warm), "command": " ".join(sys.argv)}
+    rows, traces = [], {}
     log = lambda *x: print(f"[{time.time() - t_start:6.1f}s]", *x, flush=True)
 
     def record(method, tree_name, temp, res, base):
