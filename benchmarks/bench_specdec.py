@@ -159,7 +159,12 @@ def main():
     ap.add_argument("--prompts", default="../shared/data/prompts/spec-bench/question.jsonl")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--num-prompts", type=int, default=24)
-    ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument("--max-new", type=int, default=1024,
+                    help="new tokens per evaluated prompt (Spec-Bench's max_new_tokens: 1024)")
+    ap.add_argument("--warm-max-new", type=int, default=128, help="new tokens per warm-up prompt")
+    ap.add_argument("--rsd-max-new", type=int, default=128,
+                    help="new tokens per prompt for RSD (its torch-path draft is slow), against an AR "
+                         "run of the same length")
     ap.add_argument("--warm-prompts", type=int, default=440,
                     help="Spec-Bench prompts (never evaluated) served before the timed runs: Token "
                          "Recycling's adjacency matrix is the serving history they leave")
@@ -204,23 +209,27 @@ def main():
            + ("_tf32" if a.tf32 else "") + ("_bf16" if a.precision == "bf16" else ""))
     details = {"device": dev_name, "kernels": kernels, "precision": a.precision, "tf32": a.tf32,
                "num_prompts": len(evals), "eval_categories": dict(Counter(r["category"] for r in evals)),
-               "max_new": a.max_new, "warm_prompts": len(warm), "command": " ".join(sys.argv)}
+               "categories": [r["category"] for r in evals], "max_new": a.max_new,
+               "warm_max_new": a.warm_max_new, "rsd_max_new": a.rsd_max_new, "warm_prompts": len(warm),
+               "command": " ".join(sys.argv)}
     rows, traces = [], {}
     log = lambda *x: print(f"[{time.time() - t_start:6.1f}s]", *x, flush=True)
 
-    def record(method, tree_name, temp, res, base):
+    def record(method, tree_name, temp, res, base, max_new=a.max_new):
         s = summarize(res)
         row = {"method": method, "tree": tree_name, "temperature": temp,
                "tokens_per_s": round(s["tokens_per_s"], 2), "mean_accepted": round(s["mean_accepted"], 3),
-               "speedup_vs_ar": round(s["tokens_per_s"] / base, 3) if base else 1.0}
+               "speedup_vs_ar": round(s["tokens_per_s"] / base, 3) if base else 1.0, "max_new": max_new}
         rows.append(row)
         dec_s = sum(r.wall_s - r.prefill_s for r in res)             # decoding only, prefill excluded
-        details.setdefault("decode_only", {})[f"{method}/{tree_name}/T{temp:g}"] = {
+        details.setdefault("decode_only", {})[f"{method}/{tree_name}/T{temp:g}/{max_new}"] = {
             "tokens_per_s": round(s["tokens"] / dec_s, 2), "prefill_s": round(sum(r.prefill_s for r in res), 4),
             "steps": s["steps"], "wall_s": round(s["wall_s"], 4),
-            # [prompt tokens, steps, decode seconds] per prompt: step time against context length
-            "per_prompt": [[len(p), len(r.steps), round(r.wall_s - r.prefill_s, 5)] for p, r in zip(setup.prompts, res)]}
-        traces[f"acceptance_{method}_{tree_name}_T{temp:g}.json"] = acceptance_trace(
+            # [prompt tokens, new tokens, steps, decode seconds] per prompt
+            "per_prompt": [[len(p), len(r.tokens), len(r.steps), round(r.wall_s - r.prefill_s, 5)]
+                           for p, r in zip(setup.prompts, res)]}
+        suffix = "" if max_new == a.max_new else f"_{max_new}"
+        traces[f"acceptance_{method}_{tree_name}_T{temp:g}{suffix}.json"] = acceptance_trace(
             MODEL_NAME, method if method != "rsd+osd" else "rsd", temp, [st for r in res for st in r.steps])
         write_json(rows, out / f"specdec_{tag}.json")
         log(row)
@@ -239,7 +248,7 @@ def main():
     for i, p in enumerate(wprompts):
         if i in HISTORY_POINTS:         # shorter histories, to measure what the history buys
             adj_at[i] = dec.adj.clone()
-        wres.append(dec.generate(p, "recycling", a.max_new, 0.0, static, setup.eos))
+        wres.append(dec.generate(p, "recycling", a.warm_max_new, 0.0, static, setup.eos))
     wtrace = acceptance_trace(MODEL_NAME, "recycling", 0.0, [st for r in wres for st in r.steps])
     traces["acceptance_recycling_warmup_T0.json"] = wtrace
     planned80 = plan_tree(wtrace, static.size - 1, 8)
@@ -299,13 +308,18 @@ def main():
             rsd_dec.generate(wprompts[0], "rsd", 8, temp, rsd_tree, setup.eos)   # graph capture
             for q in setup.prompts:
                 rsd_dec.prefill(q)
-            res = run_method(setup, "rsd", rsd_tree, a.max_new, temp, decoder=rsd_dec)
-            record("rsd", rsd_tree.name, temp, res, base)
+            rsd_base = base
+            if a.rsd_max_new != a.max_new:
+                rsd_base = record("ar", "ar", temp, run_method(setup, "ar", None, a.rsd_max_new, temp, decoder=dec),
+                                  None, a.rsd_max_new)["tokens_per_s"]
+            res = run_method(setup, "rsd", rsd_tree, a.rsd_max_new, temp, decoder=rsd_dec)
+            record("rsd", rsd_tree.name, temp, res, rsd_base, a.rsd_max_new)
         details[f"ar_tokens_per_s_T{temp:g}"] = base
 
     if time.time() - t_start < a.budget_s * 0.7:
         details["osd"] = osd_experiment(setup, recs, a, log, t_start)
         write_json(details["osd"], out / f"osd_{tag}.json")
+    details["decode_by_category"] = by_category(details, a.max_new)
     write_json(details, out / f"specdec_{tag}_details.json")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
@@ -354,10 +368,36 @@ def osd_experiment(setup, recs, a, log, t_start) -> dict:
             "stream_mean_accepted": curve}
 
 
+def by_category(details: dict, max_new: int) -> dict:
+    """Decode-only tokens/s, mean accepted and speedup over AR per Spec-Bench category, for every
+    run of `max_new` tokens: {"recycling/<tree>/T0": {category: {...}}}."""
+    cats = details["categories"]
+    runs = {k.rsplit("/", 1)[0]: v["per_prompt"] for k, v in details["decode_only"].items()
+            if k.endswith(f"/{max_new}")}
+
+    def rate(per_prompt, c):
+        sel = [pp for pp, cat in zip(per_prompt, cats) if cat == c]
+        toks, steps, secs = (sum(pp[i] for pp in sel) for i in (1, 2, 3))
+        return toks / secs, toks / max(steps, 1)
+
+    out = {}
+    for key, per_prompt in sorted(runs.items()):
+        method, _, temp = key.split("/")
+        ar = runs.get(f"ar/ar/{temp}")
+        if method == "ar" or ar is None:
+            continue
+        out[key] = {}
+        for c in sorted(set(cats)):
+            (tps, acc), (ar_tps, _) = rate(per_prompt, c), rate(ar, c)
+            out[key][c] = {"tokens_per_s": round(tps, 1), "mean_accepted": round(acc, 3),
+                           "speedup_vs_ar": round(tps / ar_tps, 3)}
+    return out
+
+
 def print_table(rows):
-    print(f"{'method':10s} {'tree':22s} {'T':>4s} {'tok/s':>9s} {'accepted':>9s} {'speedup':>8s}")
+    print(f"{'method':10s} {'tree':22s} {'T':>4s} {'new':>5s} {'tok/s':>9s} {'accepted':>9s} {'speedup':>8s}")
     for r in rows:
-        print(f"{r['method']:10s} {r['tree']:22s} {r['temperature']:4g} {r['tokens_per_s']:9.1f} "
+        print(f"{r['method']:10s} {r['tree']:22s} {r['temperature']:4g} {r['max_new']:5d} {r['tokens_per_s']:9.1f} "
               f"{r['mean_accepted']:9.3f} {r['speedup_vs_ar']:8.2f}")
 
 
