@@ -176,6 +176,8 @@ def main():
     ap.add_argument("--tf32", action="store_true", help="TF32 matmuls (AR and speculative alike)")
     ap.add_argument("--sizing-reps", type=int, default=30, help="step timings per tree for the sizing")
     ap.add_argument("--probe", action="store_true", help="only time forwards with random weights")
+    ap.add_argument("--summarize", metavar="DETAILS_JSON",
+                    help="only print the per-category / per-length tables of a saved details file")
     ap.add_argument("--only-osd", action="store_true", help="only the online-distillation experiment")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     ap.add_argument("--kernels", choices=["triton", "torch"], default=None,
@@ -187,6 +189,8 @@ def main():
         torch.set_num_threads(a.threads)
     if a.probe:
         return probe(a.device, a.kernels, a.precision)
+    if a.summarize:
+        return print_groups(group_summaries(json.loads(Path(a.summarize).read_text())))
     t_start = time.time()
     out = Path(a.out)
     # fp32 everywhere by default, so greedy speculative output can be compared with AR token for
@@ -319,7 +323,7 @@ def main():
     if time.time() - t_start < a.budget_s * 0.7:
         details["osd"] = osd_experiment(setup, recs, a, log, t_start)
         write_json(details["osd"], out / f"osd_{tag}.json")
-    details["decode_by_category"] = by_category(details, a.max_new)
+    details.update(group_summaries(details))
     write_json(details, out / f"specdec_{tag}_details.json")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
@@ -330,6 +334,7 @@ def main():
             tf.addfile(info, io.BytesIO(data))
     (out / f"traces_{tag}.tar.gz").write_bytes(buf.getvalue())
     print_table(rows)
+    print_groups(group_summaries(details))
 
 
 def osd_experiment(setup, recs, a, log, t_start) -> dict:
@@ -368,30 +373,49 @@ def osd_experiment(setup, recs, a, log, t_start) -> dict:
             "stream_mean_accepted": curve}
 
 
-def by_category(details: dict, max_new: int) -> dict:
-    """Decode-only tokens/s, mean accepted and speedup over AR per Spec-Bench category, for every
-    run of `max_new` tokens: {"recycling/<tree>/T0": {category: {...}}}."""
-    cats = details["categories"]
+def by_group(details: dict, labels: list[str], temps: tuple[str, ...] = ("T0", "T1")) -> dict:
+    """Decode-only tokens/s, mean accepted and speedup over AR per group of evaluated prompts
+    (labels[i]: prompt i's group), for every run of the evaluated length at temperatures `temps`:
+    {"recycling/<tree>/T0": {group: {...}}}. Tokens/s pool the group's tokens and seconds."""
     runs = {k.rsplit("/", 1)[0]: v["per_prompt"] for k, v in details["decode_only"].items()
-            if k.endswith(f"/{max_new}")}
+            if k.endswith(f"/{details['max_new']}")}
 
-    def rate(per_prompt, c):
-        sel = [pp for pp, cat in zip(per_prompt, cats) if cat == c]
+    def rate(per_prompt, g):
+        sel = [pp for pp, lab in zip(per_prompt, labels) if lab == g]
         toks, steps, secs = (sum(pp[i] for pp in sel) for i in (1, 2, 3))
-        return toks / secs, toks / max(steps, 1)
+        return toks / secs, toks / max(steps, 1), len(sel)
 
     out = {}
     for key, per_prompt in sorted(runs.items()):
         method, _, temp = key.split("/")
         ar = runs.get(f"ar/ar/{temp}")
-        if method == "ar" or ar is None:
+        if method == "ar" or ar is None or temp not in temps:
             continue
         out[key] = {}
-        for c in sorted(set(cats)):
-            (tps, acc), (ar_tps, _) = rate(per_prompt, c), rate(ar, c)
-            out[key][c] = {"tokens_per_s": round(tps, 1), "mean_accepted": round(acc, 3),
+        for g in sorted(set(labels)):
+            (tps, acc, n), (ar_tps, _, _) = rate(per_prompt, g), rate(ar, g)
+            out[key][g] = {"prompts": n, "tokens_per_s": round(tps, 1), "mean_accepted": round(acc, 3),
                            "speedup_vs_ar": round(tps / ar_tps, 3)}
     return out
+
+
+def group_summaries(details: dict) -> dict:
+    """By Spec-Bench category, and (greedy: every method gives AR's tokens) by whether AR's answer
+    ran to max_new (long greedy answers of a 135M model are mostly repetition loops, where the
+    adjacency matrix predicts far ahead) or ended with EOS before it."""
+    ar = details["decode_only"][f"ar/ar/T0/{details['max_new']}"]["per_prompt"]
+    capped = ["ran to max_new" if pp[1] >= details["max_new"] else "ended before max_new" for pp in ar]
+    return {"decode_by_category": by_group(details, details["categories"]),
+            "decode_by_length_T0": by_group(details, capped, ("T0",))}
+
+
+def print_groups(summaries: dict) -> None:
+    for name, table in summaries.items():
+        print(f"\n{name}: decode-only speedup over AR (mean accepted, prompts)")
+        for run, groups in table.items():
+            cells = "  ".join(f"{g} {v['speedup_vs_ar']:.2f} ({v['mean_accepted']:.2f}, {v['prompts']})"
+                              for g, v in groups.items())
+            print(f"  {run:32s} {cells}")
 
 
 def print_table(rows):
