@@ -3,10 +3,12 @@ greedy and T=1, plus online draft distillation (OSD). Prints a table, writes JSO
 
     PYTHONPATH=. python benchmarks/bench_specdec.py --device cuda --out benchmarks/results
 
-Writes OUT/specdec_h200.json ([{method, tree, temperature, tokens_per_s, mean_accepted,
-speedup_vs_ar}, ...]), OUT/specdec_h200_details.json (everything else measured: greedy match
-against AR, OSD before/after, timings), OUT/tree_planned.json (the planner's tree) and
-OUT/traces.tar.gz (one acceptance trace per run, COMMON.md format).
+Writes OUT/specdec_<dev>.json ([{method, tree, temperature, tokens_per_s, mean_accepted,
+speedup_vs_ar, max_new}, ...]), OUT/specdec_<dev>_details.json (everything else measured: greedy
+match against AR, OSD before/after, timings, per-category tables), OUT/tree_planned_<dev>.json
+and tree_planned_<dev>_T1.json (the planner's hardware-aware trees for greedy and T=1) and
+OUT/traces_<dev>.tar.gz (one acceptance trace per run, COMMON.md format); <dev> is h200, h100 or
+the device, + _bf16 for --precision bf16.
 """
 from __future__ import annotations
 
@@ -53,15 +55,16 @@ BUDGETS = (8, 15, 16, 24, 31, 32, 47, 48, 63, 64, 79, 80, 95, 96, 127)
 HISTORY_POINTS = (12, 40, 120)   # warm-up prompts after which the adjacency is snapshotted
 
 
-def size_tree(dec: Decoder, trace: dict, static: TreeTemplate, log, reps: int) -> dict:
+def size_tree(dec: Decoder, trace: dict, static: TreeTemplate, log, reps: int, temperature: float = 0.0) -> dict:
     """Hardware-aware budget (Sequoia, arXiv:2402.12374, § 4): for each budget n the planner's
     Sequoia tree, its expected accepted length E(n) under the acceptance fitted to the warm-up
-    trace, and its measured step time c(n) on this device; the best n maximises E(n) / c(n)."""
+    trace (taken at `temperature`), and its measured step time c(n) at that temperature on this
+    device; the best n maximises E(n) / c(n)."""
     from specmoe.planner.acceptance import fit_depth_positional, trace_from_dict
     from specmoe.planner.sequoia import sequoia_tree
     from specmoe.planner.trees import Tree, expected_accepted
     acc = fit_depth_positional(trace_from_dict(trace, "warmup"), 8, 8)
-    c_ar = dec.step_time_s(chain(0), reps=reps)
+    c_ar = dec.step_time_s(chain(0), temperature, reps=reps)
     table = [{"tree": "ar", "budget": 0, "expected_accepted": 1.0, "step_ms": round(c_ar * 1e3, 4),
               "predicted_speedup": 1.0}]
     best, best_rate = None, 0.0
@@ -69,10 +72,10 @@ def size_tree(dec: Decoder, trace: dict, static: TreeTemplate, log, reps: int) -
         if tree is None:
             tree = TreeTemplate(tuple(sequoia_tree(acc, int(name.split("-")[1]), 8).parents), name)
         e = expected_accepted(Tree(tree.parents), acc)
-        c = dec.step_time_s(tree, reps=reps)
+        c = dec.step_time_s(tree, temperature, reps=reps)
         table.append({"tree": name, "budget": tree.size - 1, "expected_accepted": round(e, 4),
                       "step_ms": round(c * 1e3, 4), "predicted_speedup": round(e / c * c_ar, 4)})
-        log("sizing", table[-1])
+        log(f"sizing T={temperature:g}", table[-1])
         if name != "static-template" and e / c > best_rate:
             best, best_rate = TreeTemplate(tree.parents, "planner-hw"), e / c
     return {"table": table, "best": best}
@@ -162,6 +165,9 @@ def main():
     ap.add_argument("--max-new", type=int, default=1024,
                     help="new tokens per evaluated prompt (Spec-Bench's max_new_tokens: 1024)")
     ap.add_argument("--warm-max-new", type=int, default=128, help="new tokens per warm-up prompt")
+    ap.add_argument("--warm-t1-prompts", type=int, default=60,
+                    help="warm-up prompts decoded once more at T=1, for the T=1 acceptance the "
+                         "planner's T=1 trees are fitted to (0: fit them to the greedy trace)")
     ap.add_argument("--rsd-max-new", type=int, default=128,
                     help="new tokens per prompt for RSD (its torch-path draft is slow), against an AR "
                          "run of the same length")
@@ -253,20 +259,31 @@ def main():
         if i in HISTORY_POINTS:         # shorter histories, to measure what the history buys
             adj_at[i] = dec.adj.clone()
         wres.append(dec.generate(p, "recycling", a.warm_max_new, 0.0, static, setup.eos))
-    wtrace = acceptance_trace(MODEL_NAME, "recycling", 0.0, [st for r in wres for st in r.steps])
-    traces["acceptance_recycling_warmup_T0.json"] = wtrace
-    planned80 = plan_tree(wtrace, static.size - 1, 8)
-    log("warm-up done; planned tree depth", int(planned80.depth.max()))
+    wtraces = {0.0: acceptance_trace(MODEL_NAME, "recycling", 0.0, [st for r in wres for st in r.steps])}
+    # the planner's trees are fitted per temperature: sampling at T=1 accepts far less than greedy,
+    # which moves the best tree shape and budget
+    if a.warm_t1_prompts:
+        res1 = [dec.generate(p, "recycling", a.warm_max_new, 1.0, static, setup.eos)
+                for p in wprompts[: a.warm_t1_prompts]]
+        wtraces[1.0] = acceptance_trace(MODEL_NAME, "recycling", 1.0, [st for r in res1 for st in r.steps])
+    for temp, t in wtraces.items():
+        traces[f"acceptance_recycling_warmup_T{temp:g}.json"] = t
+    log("warm-up done")
     # step timings at a typical context: the median evaluation prompt, halfway through its decode
     dec.prefill(sorted(setup.prompts, key=len)[len(setup.prompts) // 2])
     dec.cache.n += a.max_new // 2
-    sizing = size_tree(dec, wtrace, static, log, a.sizing_reps)
-    details["tree_sizing"] = sizing["table"]
-    hw = sizing["best"]
-    write_json({"version": 1, "method": hw.name, "parents": list(hw.parents),
-                "sizing": sizing["table"]}, out / f"tree_planned_{tag}.json")
-    trees = [static, planned80] + ([hw] if hw.parents != planned80.parents else [])
-    for temp in (0.0, 1.0):  # capture every graph the timed runs use, outside their clocks
+    trees_at = {}                       # temperature -> [template, planner-sequoia, planner-hw]
+    for temp in (0.0, 1.0):
+        wtrace = wtraces.get(temp, wtraces[0.0])
+        planned80 = plan_tree(wtrace, static.size - 1, 8)
+        sizing = size_tree(dec, wtrace, static, log, a.sizing_reps, temp)
+        sfx = "" if temp == 0 else f"_T{temp:g}"
+        details["tree_sizing" + sfx] = sizing["table"]
+        hw = sizing["best"]
+        write_json({"version": 1, "method": hw.name, "temperature": temp, "parents": list(hw.parents),
+                    "sizing": sizing["table"]}, out / f"tree_planned_{tag}{sfx}.json")
+        trees_at[temp] = [static, planned80] + ([hw] if hw.parents != planned80.parents else [])
+    for temp, trees in trees_at.items():  # capture every graph the timed runs use, outside their clocks
         for tree in [chain(0)] + trees:
             dec.generate(wprompts[0], "recycling", 8, temp, tree, setup.eos)
     adj0 = dec.adj.clone()              # each timed recycling run starts from the same adjacency
@@ -294,7 +311,7 @@ def main():
     for temp in (0.0, 1.0):
         ar_res = run_method(setup, "ar", None, a.max_new, temp, decoder=dec)
         base = record("ar", "ar", temp, ar_res, None)["tokens_per_s"]
-        for tree in trees:
+        for tree in trees_at[temp]:
             dec.adj.copy_(adj0)
             res = run_method(setup, "recycling", tree, a.max_new, temp, decoder=dec)
             record("recycling", tree.name, temp, res, base)
