@@ -196,7 +196,7 @@ def main():
     if a.probe:
         return probe(a.device, a.kernels, a.precision)
     if a.summarize:
-        return print_groups(group_summaries(json.loads(Path(a.summarize).read_text())))
+        return print_groups(group_summaries(read_details(a.summarize)))
     t_start = time.time()
     out = Path(a.out)
     # fp32 everywhere by default, so greedy speculative output can be compared with AR token for
@@ -388,6 +388,23 @@ def osd_experiment(setup, recs, a, log, t_start) -> dict:
             "heldout_prompts": len(held), "category": "math_reasoning",
             "heldout_mean_accepted_before": round(before, 4), "heldout_mean_accepted_after": round(after, 4),
             "stream_mean_accepted": curve}
+
+
+def read_details(path: str) -> dict:
+    """A saved details file with what `group_summaries` needs, or exit 2 with one line."""
+    def fail(why):
+        print(f"error: {path}: {why}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        d = json.loads(Path(path).read_text())
+        ok = isinstance(d, dict) and "categories" in d and f"ar/ar/T0/{d['max_new']}" in d["decode_only"] and all(
+            len(pp) == 4 for v in d["decode_only"].values() for pp in v["per_prompt"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        fail(f"not a readable details file ({e})")
+    if not ok:
+        fail("categories, the greedy AR run or decode_only.*.per_prompt [prompt, new, steps, seconds] "
+             "missing (details files before session 6 lack them)")
+    return d
 
 
 def by_group(details: dict, labels: list[str], temps: tuple[str, ...] = ("T0", "T1")) -> dict:
