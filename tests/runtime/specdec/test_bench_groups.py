@@ -32,3 +32,15 @@ def test_group_summaries_pool_each_group():
     by_len = g["decode_by_length_T0"]["recycling/t/T0"]
     assert by_len["ran to max_new"]["prompts"] == 2 and by_len["ended before max_new"]["prompts"] == 1
     assert by_len["ended before max_new"]["speedup_vs_ar"] == pytest.approx(1.25, abs=1e-3)
+
+
+def test_summarize_rejects_old_or_broken_details(tmp_path):
+    bench = _bench()
+    old = tmp_path / "old.json"      # session 5's per_prompt rows had 3 entries and no categories
+    old.write_text('{"max_new": 8, "decode_only": {"ar/ar/T0": {"per_prompt": [[1, 2, 0.1]]}}}')
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    for f in (old, broken, tmp_path / "missing.json"):
+        with pytest.raises(SystemExit) as e:
+            bench.read_details(str(f))
+        assert e.value.code == 2
