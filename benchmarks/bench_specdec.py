@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from specmoe.cli import _nonneg_int, _positive_int
 from specmoe.runtime.specdec.commands import (
     MODEL_NAME,
     load_setup,
@@ -161,31 +162,31 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--prompts", default="../shared/data/prompts/spec-bench/question.jsonl")
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--num-prompts", type=int, default=24)
-    ap.add_argument("--max-new", type=int, default=1024,
+    ap.add_argument("--num-prompts", type=_positive_int, default=24)
+    ap.add_argument("--max-new", type=_positive_int, default=1024,
                     help="new tokens per evaluated prompt (Spec-Bench's max_new_tokens: 1024)")
-    ap.add_argument("--warm-max-new", type=int, default=128, help="new tokens per warm-up prompt")
-    ap.add_argument("--warm-t1-prompts", type=int, default=60,
+    ap.add_argument("--warm-max-new", type=_positive_int, default=128, help="new tokens per warm-up prompt")
+    ap.add_argument("--warm-t1-prompts", type=_nonneg_int, default=60,
                     help="warm-up prompts decoded once more at T=1, for the T=1 acceptance the "
                          "planner's T=1 trees are fitted to (0: fit them to the greedy trace)")
-    ap.add_argument("--rsd-max-new", type=int, default=128,
+    ap.add_argument("--rsd-max-new", type=_positive_int, default=128,
                     help="new tokens per prompt for RSD (its torch-path draft is slow), against an AR "
                          "run of the same length")
-    ap.add_argument("--warm-prompts", type=int, default=440,
+    ap.add_argument("--warm-prompts", type=_positive_int, default=440,
                     help="Spec-Bench prompts (never evaluated) served before the timed runs: Token "
                          "Recycling's adjacency matrix is the serving history they leave")
-    ap.add_argument("--osd-stream", type=int, default=32)
-    ap.add_argument("--osd-new", type=int, default=64)
-    ap.add_argument("--osd-heldout", type=int, default=12)
-    ap.add_argument("--draft-layers", type=int, default=10)
+    ap.add_argument("--osd-stream", type=_positive_int, default=32)
+    ap.add_argument("--osd-new", type=_positive_int, default=64)
+    ap.add_argument("--osd-heldout", type=_positive_int, default=12)
+    ap.add_argument("--draft-layers", type=_positive_int, default=10)
     ap.add_argument("--budget-s", type=float, default=330.0)
     ap.add_argument("--tf32", action="store_true", help="TF32 matmuls (AR and speculative alike)")
-    ap.add_argument("--sizing-reps", type=int, default=30, help="step timings per tree for the sizing")
+    ap.add_argument("--sizing-reps", type=_positive_int, default=30, help="step timings per tree for the sizing")
     ap.add_argument("--probe", action="store_true", help="only time forwards with random weights")
     ap.add_argument("--summarize", metavar="DETAILS_JSON",
                     help="only print the per-category / per-length tables of a saved details file")
     ap.add_argument("--only-osd", action="store_true", help="only the online-distillation experiment")
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
+    ap.add_argument("--threads", type=_nonneg_int, default=0, help="torch intra-op threads (0: default)")
     ap.add_argument("--kernels", choices=["triton", "torch"], default=None,
                     help="verify/AR forward: batch-invariant Triton kernels (CUDA default) or plain torch")
     ap.add_argument("--precision", choices=["tf32", "bf16"], default="tf32",
@@ -435,7 +436,7 @@ def by_group(details: dict, labels: list[str], temps: tuple[str, ...] = ("T0", "
 
 def group_summaries(details: dict) -> dict:
     """By Spec-Bench category, and (greedy: every method gives AR's tokens) by whether AR's answer
-    ran to max_new (long greedy answers of a 135M model are mostly repetition loops, where the
+    ran to max_new (long greedy answers of small models tend to repeat themselves, which the
     adjacency matrix predicts far ahead) or ended with EOS before it."""
     ar = details["decode_only"][f"ar/ar/T0/{details['max_new']}"]["per_prompt"]
     capped = ["ran to max_new" if pp[1] >= details["max_new"] else "ended before max_new" for pp in ar]
@@ -460,4 +461,9 @@ def print_table(rows):
 
 
 if __name__ == "__main__":
-    main()
+    from specmoe.errors import InputError
+    try:
+        main()
+    except InputError as e:          # a malformed prompts file or GGUF: one line, exit 2
+        print(f"bench_specdec: error: {e}", file=sys.stderr)
+        sys.exit(2)
